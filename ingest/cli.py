@@ -1,0 +1,132 @@
+"""``carecall`` console command: serve, migrate, and the feature tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+import psycopg
+
+from ingest.settings import Settings, get_settings
+
+log = logging.getLogger("carecall")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+async def _serve(settings: Settings) -> int:
+    import uvicorn  # noqa: PLC0415 - keeps `carecall news2` and friends light
+
+    from ingest.http import create_app  # noqa: PLC0415
+    from ingest.service import run_ingest  # noqa: PLC0415
+
+    async with run_ingest(settings) as rt:
+        app = create_app(rt)
+        config = uvicorn.Config(
+            app,
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,
+            lifespan="off",
+        )
+        server = uvicorn.Server(config)
+        http = asyncio.create_task(server.serve(), name="ingest.http.serve")
+        failed = asyncio.create_task(rt.failed.wait(), name="ingest.service.failed")
+        log.info(
+            "CareCall is up: http://%s:%d (metrics /metrics, readiness /readyz); broker %s:%d",
+            settings.http_host,
+            settings.http_port,
+            rt.mqtt_host,
+            rt.mqtt_port,
+        )
+        await asyncio.wait({http, failed}, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        await http
+        failed.cancel()
+        return 1 if rt.failed.is_set() else 0
+
+
+async def _migrate(settings: Settings) -> int:
+    from ingest.migrate import migrate  # noqa: PLC0415
+    from ingest.service import resolve_database  # noqa: PLC0415
+    from ingest.storage import layout_for  # noqa: PLC0415
+
+    async with contextlib.AsyncExitStack() as stack:
+        conninfo, _ = await resolve_database(settings, stack)
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+            mode, applied = await migrate(conn, prefer=settings.storage)
+            await layout_for(
+                mode,
+                retention_days=settings.retention_days,
+                ahead_days=settings.partitions_ahead_days,
+                compress_after_days=settings.compress_after_days,
+            ).maintain(conn)
+    print(f"storage: {mode}; applied {len(applied)} migration(s)")
+    for name in applied:
+        print(f"  {name}")
+    return 0
+
+
+def _delegate(module: str, func: str) -> Callable[[list[str]], int]:
+    def run(argv: list[str]) -> int:
+        import importlib  # noqa: PLC0415
+
+        fn = getattr(importlib.import_module(module), func)
+        result: int = fn(argv)
+        return result
+
+    return run
+
+
+# Tools owned by other features; they parse their own arguments.
+TOOLS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
+    "fall-eval": (
+        "score the fall detector on a recording file (.npz)",
+        _delegate("alerts.rules.fall_eval", "fall_eval_main"),
+    ),
+    "news2": (
+        "compute NEWS2 for rows of a CSV file",
+        _delegate("alerts.rules.news2", "news2_main"),
+    ),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if args_in and args_in[0] in TOOLS:
+        return TOOLS[args_in[0]][1](args_in[1:])
+    parser = argparse.ArgumentParser(prog="carecall", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the server (ingest bridge + HTTP)")
+    sub.add_parser("migrate", help="apply database migrations and storage policies")
+    for name, (help_text, _) in TOOLS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    args = parser.parse_args(args_in)
+    _setup_logging(args.log_level)
+    try:
+        settings = get_settings()
+    except ValueError as exc:
+        print(f"carecall: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        try:
+            return asyncio.run(_serve(settings))
+        except KeyboardInterrupt:
+            return 0
+    if args.command == "migrate":
+        return asyncio.run(_migrate(settings))
+    parser.error(f"unknown command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

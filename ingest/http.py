@@ -1,0 +1,67 @@
+"""HTTP surface of the server: health, readiness and Prometheus metrics.
+
+Feature routers (devices, alerts, console) are added here as they arrive; each takes its
+dependencies from ``app.state.runtime`` through :func:`get_runtime`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ingest.service import Runtime
+
+
+def get_runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    app = FastAPI(
+        title="CareCall",
+        version="0.1.0",
+        description="Emergency-call and telemetry server for home and community elderly care.",
+    )
+    app.state.runtime = runtime
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz(rt: RuntimeDep) -> JSONResponse:
+        """The process is alive and its loops are running."""
+        if rt.failed.is_set():
+            return JSONResponse({"status": "failed"}, status_code=500)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz(rt: RuntimeDep) -> JSONResponse:
+        """Ready when connected to the broker and writing to the database directly."""
+        body: dict[str, Any] = {
+            "broker": {
+                "connected": rt.source.connected,
+                "host": rt.mqtt_host,
+                "port": rt.mqtt_port,
+            },
+            "database": {
+                "up": rt.bridge.db_ok,
+                "schema_ready": rt.schema_ready.is_set(),
+                "storage": rt.storage_mode,
+            },
+            "spool": {"mode": rt.bridge.spool_mode, "bytes": rt.bridge.spool.size},
+            "devices_known": len(rt.directory),
+            "embedded": rt.embedded,
+        }
+        ready = rt.source.connected and rt.schema_ready.is_set() and not rt.bridge.spool_mode
+        body["status"] = "ready" if ready else "degraded"
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["ops"])
+    async def metrics(rt: RuntimeDep) -> Response:
+        return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

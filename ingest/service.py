@@ -1,0 +1,251 @@
+"""The composition root: opens every connection and background loop, hands them out, closes them.
+
+``run_ingest(settings)`` is an async context manager yielding a :class:`Runtime`. Everything
+it starts is owned by one ``AsyncExitStack`` and a set of named tasks; leaving the context
+flushes the current batch, stops the loops and disconnects cleanly. A loop that dies with an
+error sets ``runtime.failed`` so ``carecall serve`` exits non-zero (and a supervisor restarts
+it) rather than limping on half-alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from alerts.live import LiveLane
+from devices.directory import DeviceDirectory
+from devices.readings import Reading
+from ingest.decode import Limits
+from ingest.embedded import (
+    embedded_broker,
+    ensure_database,
+    start_embedded_postgres,
+    tcp_answers,
+)
+from ingest.metrics import IngestMetrics
+from ingest.migrate import StorageMode, migrate
+from ingest.pipeline import Bridge
+from ingest.settings import Settings
+from ingest.source import MqttSource
+from ingest.spool import Spool
+from ingest.storage import layout_for
+from ingest.store import Store
+from ingest.validate import Validator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """What the HTTP layer and tests may reach; built only by :func:`run_ingest`."""
+
+    settings: Settings
+    conninfo: str
+    mqtt_host: str
+    mqtt_port: int
+    metrics: IngestMetrics
+    bridge: Bridge
+    source: MqttSource
+    directory: DeviceDirectory
+    live_lane: LiveLane
+    storage_mode: StorageMode | None = None
+    schema_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    failed: asyncio.Event = field(default_factory=asyncio.Event)
+    embedded: list[str] = field(default_factory=list)
+    started_ts: float = field(default_factory=time.time)
+
+
+async def resolve_database(
+    settings: Settings, stack: contextlib.AsyncExitStack
+) -> tuple[str, bool]:
+    """(conninfo, embedded?) following the rules in README: configured > local > embedded."""
+    if settings.database_url:
+        return settings.database_url, False
+    default = settings.default_database_url
+    if await ensure_database(default, timeout_s=settings.db_connect_timeout_s):
+        log.info("database: using the local server (%s)", default.split("@")[-1])
+        return default, False
+    server, conninfo = await asyncio.to_thread(
+        start_embedded_postgres, settings.embedded_dir / "postgres"
+    )
+    stack.callback(server.cleanup)
+    log.warning(
+        "database: nothing answers on %s and CARECALL_DATABASE_URL is not set: started an"
+        " EMBEDDED PostgreSQL in %s (no TimescaleDB; native partitions)",
+        default.split("@")[-1],
+        settings.embedded_dir / "postgres",
+    )
+    return conninfo, True
+
+
+async def resolve_broker(
+    settings: Settings, stack: contextlib.AsyncExitStack
+) -> tuple[str, int, int, bool]:
+    """(host, port, protocol version, embedded?)."""
+    if settings.mqtt_host:
+        return settings.mqtt_host, settings.mqtt_port, 5, False
+    if tcp_answers("127.0.0.1", settings.mqtt_port):
+        log.info("broker: using the local broker on 127.0.0.1:%d", settings.mqtt_port)
+        return "127.0.0.1", settings.mqtt_port, 5, False
+    port = settings.mqtt_port
+    await stack.enter_async_context(embedded_broker(port))
+    return "127.0.0.1", port, 4, True  # amqtt speaks MQTT 3.1.1
+
+
+def _spawn(
+    tasks: list[asyncio.Task[None]],
+    rt: Runtime,
+    coro: Coroutine[Any, Any, None],
+    name: str,
+) -> None:
+    task = asyncio.create_task(coro, name=name)
+
+    def _done(t: asyncio.Task[None]) -> None:
+        if t.cancelled():
+            return
+        exc = t.exception()
+        if exc is not None:
+            log.critical("background loop %s died: %r", name, exc, exc_info=exc)
+            rt.failed.set()
+
+    task.add_done_callback(_done)
+    tasks.append(task)
+
+
+async def maintenance_loop(rt: Runtime, store: Store, *, interval_s: float = 60.0) -> None:
+    """Migrate (until the database is reachable), then keep partitions and rollups current."""
+    s = rt.settings
+    delay_s = 1.0
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                rt.conninfo, autocommit=True, connect_timeout=int(s.db_connect_timeout_s)
+            ) as conn:
+                if not rt.schema_ready.is_set():
+                    rt.storage_mode, applied = await migrate(conn, prefer=s.storage)
+                    if applied:
+                        log.info("applied %d migrations", len(applied))
+                layout = layout_for(
+                    rt.storage_mode or "native",
+                    retention_days=s.retention_days,
+                    ahead_days=s.partitions_ahead_days,
+                    compress_after_days=s.compress_after_days,
+                )
+                await layout.maintain(conn)
+                if not rt.schema_ready.is_set():
+                    rt.schema_ready.set()
+                    store.ready = True
+                    await rt.directory.load(conn)
+                delay_s = 1.0
+            await asyncio.sleep(interval_s)
+        except (psycopg.OperationalError, OSError) as exc:
+            log.warning("maintenance: database unavailable (%s); retrying", exc)
+            await asyncio.sleep(delay_s * random.uniform(0.5, 1.0))
+            delay_s = min(delay_s * 2, 30.0)
+
+
+@contextlib.asynccontextmanager
+async def run_ingest(
+    settings: Settings,
+    *,
+    metrics: IngestMetrics | None = None,
+    consumers: tuple[Callable[[Reading], None], ...] = (),
+    wait_schema_s: float = 30.0,
+) -> AsyncIterator[Runtime]:
+    async with contextlib.AsyncExitStack() as stack:
+        conninfo, db_embedded = await resolve_database(settings, stack)
+        host, port, version, broker_embedded = await resolve_broker(settings, stack)
+        metrics = metrics or IngestMetrics()
+        directory = DeviceDirectory(snapshot_path=settings.spool_dir / "devices.json")
+        live_lane = LiveLane()
+        store = Store(conninfo=conninfo, connect_timeout_s=settings.db_connect_timeout_s)
+        store.ready = False
+        stack.push_async_callback(store.close)
+        spool = Spool(settings.spool_dir / "ingest.spool")
+        stack.callback(spool.close)
+        bridge = Bridge(
+            store=store,
+            spool=spool,
+            validator=Validator(directory),
+            live_lane=live_lane,
+            metrics=metrics,
+            topic_root=settings.topic_root,
+            limits=Limits(
+                max_payload_bytes=settings.max_payload_bytes,
+                max_future_skew_s=settings.max_future_skew_s,
+                max_age_s=settings.max_age_s,
+            ),
+            batch_max_rows=settings.batch_max_rows,
+            batch_max_delay_s=settings.batch_max_delay_ms / 1000,
+            max_pending=settings.max_pending_messages,
+            write_timeout_s=settings.db_write_timeout_s,
+            consumers=consumers,
+        )
+        source = MqttSource(
+            host=host,
+            port=port,
+            client_id=settings.mqtt_client_id,
+            topic_root=settings.topic_root,
+            on_messages=bridge.submit,
+            metrics=metrics,
+            username=settings.mqtt_username,
+            password=(
+                settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
+            ),
+            session_expiry_s=settings.mqtt_session_expiry_s,
+            receive_maximum=settings.mqtt_receive_maximum,
+            drop_alarm_per_min=settings.broker_drop_alarm_per_min,
+            version=version,
+            watch_broker_drops=not broker_embedded,
+        )
+        bridge.bind(source)
+        rt = Runtime(
+            settings=settings,
+            conninfo=conninfo,
+            mqtt_host=host,
+            mqtt_port=port,
+            metrics=metrics,
+            bridge=bridge,
+            source=source,
+            directory=directory,
+            live_lane=live_lane,
+        )
+        if db_embedded:
+            rt.embedded.append("postgres")
+        if broker_embedded:
+            rt.embedded.append("mqtt")
+
+        tasks: list[asyncio.Task[None]] = []
+        _spawn(tasks, rt, maintenance_loop(rt, store), "ingest.storage.maintenance_loop")
+        # Storage must be migrated before the first write; wait a while, but never forever:
+        # with the database away the bridge still runs (spooling) and migrates later.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_schema_s):
+                await rt.schema_ready.wait()
+        if not rt.schema_ready.is_set():
+            log.error("database not reachable at start-up: spooling until it is")
+        _spawn(tasks, rt, directory.watch_loop(conninfo), "devices.directory.watch_loop")
+        _spawn(tasks, rt, bridge.flush_loop(), "ingest.pipeline.flush_loop")
+        _spawn(tasks, rt, bridge.recovery_loop(), "ingest.pipeline.recovery_loop")
+        _spawn(tasks, rt, source.run_loop(), "ingest.source.run_loop")
+        try:
+            yield rt
+        finally:
+            # Stop taking messages, make what we hold durable (and ack it), then close.
+            source.pause()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(settings.db_write_timeout_s + 1):
+                    await bridge.flush_now()
+            for t in reversed(tasks):
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await source.close()
