@@ -111,7 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("migrate", help="apply database migrations and storage policies")
     for name, (help_text, _) in TOOLS.items():
         sub.add_parser(name, help=help_text, add_help=False)
-    args = parser.parse_args(args_in)
+    args, rest = parser.parse_known_args(args_in)
+    if args.command in TOOLS:
+        return TOOLS[args.command][1](rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     _setup_logging(args.log_level)
     try:
         settings = get_settings()
@@ -123,9 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_serve(settings))
         except KeyboardInterrupt:
             return 0
-    if args.command == "migrate":
-        return asyncio.run(_migrate(settings))
-    parser.error(f"unknown command {args.command}")
+    return asyncio.run(_migrate(settings))
 
 
 if __name__ == "__main__":

@@ -332,6 +332,18 @@ def _compact(
 
 
 def _build(kind: Kind, device_id: str, wire: Any, received_ts: float, limits: Limits) -> Reading:
+    try:
+        return _build_checked(kind, device_id, wire, received_ts, limits)
+    except DecodeError as exc:
+        # Name the sequence number in every rejection we can, so the device can match it.
+        if exc.seq is None and isinstance(wire.seq, int):
+            exc.seq = wire.seq
+        raise
+
+
+def _build_checked(
+    kind: Kind, device_id: str, wire: Any, received_ts: float, limits: Limits
+) -> Reading:
     _same_device(wire.device_id, device_id, wire.seq)
     if isinstance(wire, _StatusWire):
         return _build_status(wire, device_id, received_ts, limits)

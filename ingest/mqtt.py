@@ -152,9 +152,10 @@ def encode_connect(
     return _packet(CONNECT, bytes(body))
 
 
-# Subscription options: QoS 1, and retain handling 1 (retained messages only when the
+# Subscription options: QoS 1, no local, and retain handling 1 (retained messages only when the
 # subscription is new), so a resumed session is not flooded with retained copies again.
-SUB_QOS1_NEW_RETAINED = 0x01 | 0x10
+# "No local" (0x04): never receive our own publishes (replies to devices) back.
+SUB_QOS1_NEW_RETAINED = 0x01 | 0x04 | 0x10
 SUB_QOS1 = 0x01
 
 

@@ -126,6 +126,8 @@ class Bridge:
         for m in messages:
             batch.messages.append(m)
             kind = m.topic.rsplit("/", 1)[-1]
+            if kind == "reply":
+                continue  # our own downlink (MQTT 3.1.1 has no "no local"): acked, not stored
             kind = kind if kind in _KINDS else "other"
             kinds[kind] = kinds.get(kind, 0) + 1
             result = decode(
