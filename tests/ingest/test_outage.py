@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
+import msgspec
 import psycopg
 import pytest
 
-from devices.readings import SosPress
+from devices.readings import Envelope, SosPress, Vitals
 from ingest.service import run_ingest
+from ingest.spool import Spool
+from ingest.store import SpoolRecord
 from tests.fixtures.services import Publisher, TcpProxy, eventually, register_devices
 from tests.ingest.helpers import bridge_settings, payload, vitals
 
@@ -96,13 +100,6 @@ async def test_spool_left_by_a_dead_bridge_is_replayed_at_start(
     spool_dir: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     """A bridge that died while spooling leaves a spool; the next start replays it first."""
-    import time
-
-    import msgspec
-
-    from devices.readings import Envelope, Vitals
-    from ingest.spool import Spool
-    from ingest.store import SpoolRecord
 
     now = time.time()
     readings = [Vitals(env=Envelope(f"{uid}-x", s, now - s, now), hr_bpm=60.0) for s in range(50)]
