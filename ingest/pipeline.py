@@ -54,6 +54,8 @@ class Batch:
     sos: list[SosPress] = field(default_factory=list)
     kinds: dict[str, int] = field(default_factory=dict)
     started_s: float = 0.0
+    # Could this batch repeat rows already stored? Then skip the fast COPY path.
+    may_repeat: bool = False
 
 
 def _is_urgent(r: Reading) -> TypeGuard[SosPress | HomeEvent]:
@@ -84,8 +86,12 @@ class Bridge:
         max_pending: int = 20_000,
         write_timeout_s: float = 5.0,
         consumers: Sequence[Callable[[Reading], None]] = (),
+        on_durable: Callable[[Sequence[Message], float], None] | None = None,
     ) -> None:
         self.store = store
+        # Called with each batch's messages and the wall time they became durable (benchmarks
+        # and the alert side's "stored" stamp use it).
+        self.on_durable = on_durable
         self.spool = spool
         self.validator = validator
         self.live_lane = live_lane
@@ -125,6 +131,8 @@ class Bridge:
         kinds = batch.kinds
         for m in messages:
             batch.messages.append(m)
+            if m.dup:
+                batch.may_repeat = True
             kind = m.topic.rsplit("/", 1)[-1]
             if kind == "reply":
                 continue  # our own downlink (MQTT 3.1.1 has no "no local"): acked, not stored
@@ -141,6 +149,7 @@ class Bridge:
                     batch.readings.append(result)
                     if verdict:
                         self.metrics.duplicates.inc()
+                        batch.may_repeat = True
                     if isinstance(result, SosPress):
                         batch.sos.append(result)
                     if not verdict:
@@ -238,12 +247,14 @@ class Bridge:
             m.lag_seconds.observe(max(0.0, r.env.received_ts - r.env.device_ts))
         log.debug("batch of %d durable in %s in %.1f ms", n, where, (done_s - t0) * 1000)
         self._reply(batch)
+        if self.on_durable is not None:
+            self.on_durable(batch.messages, now)
 
     async def _make_durable(self, batch: Batch) -> str:
         if not self.spool_mode:
             try:
                 async with asyncio.timeout(self.write_timeout_s):
-                    await self.store.write(batch.readings, batch.dead)
+                    await self.store.write(batch.readings, batch.dead, may_repeat=batch.may_repeat)
                 self._set_db(True)
                 return "database"
             except UNAVAILABLE as exc:

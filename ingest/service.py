@@ -14,7 +14,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,7 @@ from ingest.metrics import IngestMetrics
 from ingest.migrate import StorageMode, migrate
 from ingest.pipeline import Bridge
 from ingest.settings import Settings
-from ingest.source import MqttSource
+from ingest.source import Message, MqttSource
 from ingest.spool import Spool
 from ingest.storage import layout_for
 from ingest.store import Store
@@ -158,6 +158,7 @@ async def run_ingest(
     *,
     metrics: IngestMetrics | None = None,
     consumers: tuple[Callable[[Reading], None], ...] = (),
+    on_durable: Callable[[Sequence[Message], float], None] | None = None,
     wait_schema_s: float = 30.0,
 ) -> AsyncIterator[Runtime]:
     async with contextlib.AsyncExitStack() as stack:
@@ -188,6 +189,7 @@ async def run_ingest(
             max_pending=settings.max_pending_messages,
             write_timeout_s=settings.db_write_timeout_s,
             consumers=consumers,
+            on_durable=on_durable,
         )
         source = MqttSource(
             host=host,

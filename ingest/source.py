@@ -29,6 +29,9 @@ class Message(Protocol):
     def payload(self) -> bytes: ...
     @property
     def received_ts(self) -> float: ...
+    @property
+    def dup(self) -> bool:
+        """The transport may have delivered this message before (e.g. after a reconnect)."""
 
 
 class Source(Protocol):

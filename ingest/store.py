@@ -1,10 +1,17 @@
-"""Durable batched writes: binary COPY into staging tables, then one idempotent INSERT each.
+"""Durable batched writes with binary COPY, idempotent on (device_id, device_time, seq).
 
-One batch is one transaction. Rows go through ``COPY ... (FORMAT BINARY)`` into per-connection
-temporary staging tables (``ON COMMIT DELETE ROWS``), then ``INSERT ... SELECT ... ON CONFLICT
-DO NOTHING`` moves them into the real tables, so a replayed batch (spool replay, broker
-redelivery after a crash) writes nothing twice. Times travel as float8 epoch seconds and are
-converted by ``to_timestamp`` in SQL (cheaper than building datetime objects in Python).
+One batch is one transaction, in one of two ways (measured in docs/ingest.md):
+
+- fast path: ``COPY ... (FORMAT BINARY)`` straight into the real tables. A unique violation
+  (the batch repeats something already stored) rolls the transaction back and the batch is
+  written again by the safe path. Normal traffic never repeats itself, so this costs nothing.
+- safe path, used directly when a batch may repeat stored rows (broker redelivery after a
+  reconnect, spool replay, dead letters): COPY into per-connection temporary staging tables
+  (``ON COMMIT DELETE ROWS``), then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``.
+
+Times travel as float epoch seconds; both paths turn them into ``timestamptz`` with the same
+arithmetic as PostgreSQL's ``to_timestamp`` (``rint((t - 946684800) * 1e6)`` microseconds), so
+the idempotency key is identical whichever path wrote a row.
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ from typing import Any
 
 import msgspec
 import psycopg
+from psycopg import errors
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 
 from devices.readings import AccelWindow, DeviceStatus, HomeEvent, Reading, SosPress, Vitals
 
@@ -181,6 +191,30 @@ def _row(r: Reading) -> tuple[object, ...]:
     return (*head, r.state, r.battery_pct, r.rssi_dbm, r.firmware, r.will)
 
 
+_PG_EPOCH_S = 946_684_800.0  # 2000-01-01T00:00:00Z, the origin of binary timestamptz
+_INT64 = struct.Struct("!q")
+
+
+class EpochSecondsDumper(Dumper):
+    """Binary ``timestamptz`` from float epoch seconds, rounded exactly like ``to_timestamp``."""
+
+    format = Format.BINARY
+    oid = 1184  # timestamptz
+
+    def dump(self, obj: object) -> bytes:
+        assert isinstance(obj, float | int)
+        return _INT64.pack(round((obj - _PG_EPOCH_S) * 1_000_000))
+
+
+def _direct_types(t: _Table) -> list[str]:
+    return ["text", "int8", "timestamptz", "timestamptz", *(ty for _, ty in t.columns)]
+
+
+def _direct_copy_sql(t: _Table) -> bytes:
+    cols = ", ".join(["device_id", "seq", "device_time", "received_at", *(c for c, _ in t.columns)])
+    return f"COPY {t.name} ({cols}) FROM STDIN (FORMAT BINARY)".encode()
+
+
 def _stage_ddl(t: _Table, *, envelope: bool = True) -> str:
     cols = (_ENVELOPE if envelope else ()) + t.columns
     body = ", ".join(f"{c} {ty}" for c, ty in cols)
@@ -213,6 +247,7 @@ class Store:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         # False until migrations have run: writes before that count as "database away".
         self.ready = True
+        self.fallbacks = 0  # batches that hit a unique violation on the fast path
 
     async def connect(self) -> None:
         if self._conn is not None and not self._conn.closed:
@@ -220,6 +255,8 @@ class Store:
         conn = await psycopg.AsyncConnection.connect(
             self.conninfo, autocommit=True, connect_timeout=max(1, int(self.connect_timeout_s))
         )
+        # Only this writer connection maps timestamptz in COPY to floats (see the dumper).
+        conn.adapters.register_dumper(None, EpochSecondsDumper)
         try:
             for t in (*_TABLES.values(),):
                 await conn.execute(_stage_ddl(t))
@@ -243,8 +280,17 @@ class Store:
             except psycopg.Error:
                 log.debug("closing a broken connection failed", exc_info=True)
 
-    async def write(self, readings: Sequence[Reading], dead: Sequence[DeadLetter]) -> WriteResult:
-        """Write one batch in one transaction; idempotent."""
+    async def write(
+        self,
+        readings: Sequence[Reading],
+        dead: Sequence[DeadLetter],
+        *,
+        may_repeat: bool = True,
+    ) -> WriteResult:
+        """Write one batch in one transaction; idempotent.
+
+        ``may_repeat=False`` (fresh traffic) tries the fast direct COPY first.
+        """
         if not self.ready:
             raise psycopg.OperationalError("storage schema is not migrated yet")
         await self.connect()
@@ -255,35 +301,74 @@ class Store:
             by_type.setdefault(type(r), []).append(_row(r))
         result = WriteResult(offered=len(readings))
         try:
-            async with conn.transaction(), conn.cursor() as cur:
-                for typ, rows in by_type.items():
-                    t = _TABLES[typ]
-                    await self._copy(cur, t, rows, envelope=True)
-                    await cur.execute(_move_sql(t).encode())
-                    result.inserted[t.name] = max(cur.rowcount, 0)
-                if dead:
-                    rows = [
-                        (
-                            d.key,
-                            d.received_ts,
-                            d.topic,
-                            d.device_id,
-                            d.seq,
-                            d.reason,
-                            d.detail,
-                            d.payload,
-                            d.payload_bytes,
-                        )
-                        for d in dead
-                    ]
-                    await self._copy(cur, _DEAD, rows, envelope=False)
-                    await cur.execute(_DEAD_MOVE.encode())
-                    result.inserted["dead_letters"] = max(cur.rowcount, 0)
+            if not may_repeat:
+                try:
+                    await self._write_direct(conn, by_type, dead, result)
+                    return result
+                except errors.UniqueViolation:
+                    self.fallbacks += 1
+                    log.info("batch repeats stored rows; writing it with ON CONFLICT")
+            await self._write_staged(conn, by_type, dead, result)
         except BaseException:
             if conn.closed or conn.broken:
                 self._conn = None
             raise
         return result
+
+    async def _write_direct(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        by_type: dict[type, list[tuple[object, ...]]],
+        dead: Sequence[DeadLetter],
+        result: WriteResult,
+    ) -> None:
+        async with conn.transaction(), conn.cursor() as cur:
+            for typ, rows in by_type.items():
+                t = _TABLES[typ]
+                async with cur.copy(_direct_copy_sql(t)) as copy:
+                    copy.set_types(_direct_types(t))
+                    for row in rows:
+                        await copy.write_row(row)
+                result.inserted[t.name] = len(rows)
+            if dead:
+                await self._write_dead(cur, dead, result)
+
+    async def _write_staged(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        by_type: dict[type, list[tuple[object, ...]]],
+        dead: Sequence[DeadLetter],
+        result: WriteResult,
+    ) -> None:
+        async with conn.transaction(), conn.cursor() as cur:
+            for typ, rows in by_type.items():
+                t = _TABLES[typ]
+                await self._copy(cur, t, rows, envelope=True)
+                await cur.execute(_move_sql(t).encode())
+                result.inserted[t.name] = max(cur.rowcount, 0)
+            if dead:
+                await self._write_dead(cur, dead, result)
+
+    async def _write_dead(
+        self, cur: psycopg.AsyncCursor[Any], dead: Sequence[DeadLetter], result: WriteResult
+    ) -> None:
+        rows: list[tuple[object, ...]] = [
+            (
+                d.key,
+                d.received_ts,
+                d.topic,
+                d.device_id,
+                d.seq,
+                d.reason,
+                d.detail,
+                d.payload,
+                d.payload_bytes,
+            )
+            for d in dead
+        ]
+        await self._copy(cur, _DEAD, rows, envelope=False)
+        await cur.execute(_DEAD_MOVE.encode())
+        result.inserted["dead_letters"] = max(cur.rowcount, 0)
 
     @staticmethod
     async def _copy(

@@ -1,6 +1,8 @@
 -- Readings: one table per kind of data, each with device time, receive time, device id and
--- sequence. (device_id, seq, device_time) is the idempotency key; TimescaleDB requires the time
+-- sequence. (device_id, device_time, seq) is the idempotency key; TimescaleDB requires the time
 -- column in every unique index, and native partitioning requires the partition key in it.
+-- Its order also serves "this device's readings over a time range", so no second index is
+-- needed (each extra index costs about a quarter of the insert rate: docs/ingest.md).
 --
 -- Marked blocks are applied by the migration runner for one storage mode only:
 --   /*native: ... */     plain PostgreSQL: declarative range partitions by day
@@ -20,9 +22,8 @@ CREATE TABLE vitals (
     battery_pct        real,
     signal_quality     real,
     on_oxygen          boolean,
-    UNIQUE (device_id, seq, device_time)
+    UNIQUE (device_id, device_time, seq)
 ) /*native: PARTITION BY RANGE (device_time)*/;
-CREATE INDEX vitals_device_time_idx ON vitals (device_id, device_time DESC);
 
 -- One row per window, not per sample: samples are little-endian float32 x,y,z in g.
 CREATE TABLE accel_windows (
@@ -35,7 +36,7 @@ CREATE TABLE accel_windows (
     peak_g       real        NOT NULL,
     position     text,
     samples      bytea       NOT NULL,
-    UNIQUE (device_id, seq, device_time)
+    UNIQUE (device_id, device_time, seq)
 ) /*native: PARTITION BY RANGE (device_time)*/;
 
 CREATE TABLE sos_presses (
@@ -47,7 +48,7 @@ CREATE TABLE sos_presses (
     lat          double precision,
     lon          double precision,
     accuracy_m   real,
-    UNIQUE (device_id, seq, device_time)
+    UNIQUE (device_id, device_time, seq)
 ) /*native: PARTITION BY RANGE (device_time)*/;
 
 CREATE TABLE home_events (
@@ -58,9 +59,8 @@ CREATE TABLE home_events (
     sensor       text        NOT NULL,
     state        text        NOT NULL,
     sensor_id    text,
-    UNIQUE (device_id, seq, device_time)
+    UNIQUE (device_id, device_time, seq)
 ) /*native: PARTITION BY RANGE (device_time)*/;
-CREATE INDEX home_events_device_time_idx ON home_events (device_id, device_time DESC);
 
 CREATE TABLE device_status (
     device_id    text        NOT NULL,
@@ -72,9 +72,8 @@ CREATE TABLE device_status (
     rssi_dbm     real,
     firmware     text,
     will         boolean     NOT NULL DEFAULT false,
-    UNIQUE (device_id, seq, device_time)
+    UNIQUE (device_id, device_time, seq)
 ) /*native: PARTITION BY RANGE (device_time)*/;
-CREATE INDEX device_status_device_time_idx ON device_status (device_id, device_time DESC);
 
 /*native:
 CREATE TABLE vitals_default PARTITION OF vitals DEFAULT;
