@@ -33,13 +33,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ingest.mqtt import (  # noqa: E402
+from ingest.mqtt import (
     PUBACK,
     encode_connect,
     encode_publish,
     split_packets,
 )
-from tests.fixtures.services import (  # noqa: E402
+from tests.fixtures.services import (
     Mosquitto,
     register_devices,
     scratch_database,

@@ -95,7 +95,7 @@ TOOLS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     ),
     "news2": (
         "compute NEWS2 for rows of a CSV file",
-        _delegate("alerts.rules.news2", "news2_main"),
+        _delegate("alerts.rules.cli", "news2_main"),
     ),
 }
 
