@@ -158,9 +158,19 @@ class TimescaleLayout:
     def __init__(self, *, retention_days: int, compress_after_days: int) -> None:
         self.retention_days = retention_days
         self.compress_after_days = compress_after_days
+        self._configured = False
 
     async def maintain(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """(Re)configure the background jobs so they follow the current settings."""
+        """Configure the background jobs once per process (from the current settings); chunks,
+        compression, retention and the rollup are TimescaleDB's own jobs after that."""
+        retention = dt.timedelta(days=self.retention_days)
+        await conn.execute("DELETE FROM dead_letters WHERE received_at < now() - %s", (retention,))
+        if self._configured:
+            return
+        await self._configure(conn)
+        self._configured = True
+
+    async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         retention = dt.timedelta(days=self.retention_days)
         compress_after = dt.timedelta(days=self.compress_after_days)
         for table in TIME_TABLES:
@@ -173,7 +183,7 @@ class TimescaleLayout:
                 await conn.execute("SELECT add_compression_policy(%s, %s)", (table, compress_after))
         await conn.execute("SELECT remove_retention_policy('vitals_1m', if_exists => true)")
         await conn.execute("SELECT add_retention_policy('vitals_1m', %s)", (retention,))
-        await conn.execute("DELETE FROM dead_letters WHERE received_at < now() - %s", (retention,))
+        log.info("timescaledb: retention %s, compression after %s", retention, compress_after)
 
 
 def layout_for(
