@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg_pool import AsyncConnectionPool
 
 from alerts.live import LiveLane
 from devices.directory import DeviceDirectory
@@ -56,6 +57,7 @@ class Runtime:
     source: MqttSource
     directory: DeviceDirectory
     live_lane: LiveLane
+    pool: AsyncConnectionPool[Any]
     storage_mode: StorageMode | None = None
     schema_ready: asyncio.Event = field(default_factory=asyncio.Event)
     failed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -209,6 +211,17 @@ async def run_ingest(
             watch_broker_drops=not broker_embedded,
         )
         bridge.bind(source)
+        # Connections for the API and feature services (the bridge's writer has its own).
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=settings.db_pool_size,
+            open=False,
+            kwargs={"autocommit": True},
+            name="carecall-api",
+        )
+        await pool.open(wait=False)
+        stack.push_async_callback(pool.close)
         rt = Runtime(
             settings=settings,
             conninfo=conninfo,
@@ -219,6 +232,7 @@ async def run_ingest(
             source=source,
             directory=directory,
             live_lane=live_lane,
+            pool=pool,
         )
         if db_embedded:
             rt.embedded.append("postgres")

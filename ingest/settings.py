@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     default_database_url: str = "postgresql://postgres@127.0.0.1:5432/carecall"
     db_connect_timeout_s: float = 3.0
     db_write_timeout_s: float = 5.0
+    db_pool_size: int = Field(default=8, ge=1)
 
     # MQTT. None: try 127.0.0.1:1883, else start an embedded broker (demo only: see README).
     mqtt_host: str | None = None
