@@ -26,11 +26,13 @@ def _setup_logging(level: str) -> None:
 async def _serve(settings: Settings) -> int:
     import uvicorn  # noqa: PLC0415 - keeps `carecall news2` and friends light
 
+    from ingest.features import FEATURES  # noqa: PLC0415
     from ingest.http import create_app  # noqa: PLC0415
     from ingest.service import run_ingest  # noqa: PLC0415
 
-    async with run_ingest(settings) as rt:
-        app = create_app(rt)
+    runs = [f.run for f in FEATURES if f.run is not None]
+    async with run_ingest(settings, features=runs) as rt:
+        app = create_app(rt, FEATURES)
         config = uvicorn.Config(
             app,
             host=settings.http_host,

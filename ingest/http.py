@@ -6,6 +6,7 @@ dependencies from ``app.state.runtime`` through :func:`get_runtime`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Response
@@ -13,6 +14,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import AsyncConnectionPool
 
+from devices.auth import AuthConfig
+from ingest.features import Feature
 from ingest.service import Runtime
 
 
@@ -32,13 +35,20 @@ def get_pool(request: Request) -> AsyncConnectionPool[Any]:
 PoolDep = Annotated[AsyncConnectionPool[Any], Depends(get_pool)]
 
 
-def create_app(runtime: Runtime) -> FastAPI:
+def create_app(runtime: Runtime, features: Sequence[Feature] = ()) -> FastAPI:
     app = FastAPI(
         title="CareCall",
         version="0.1.0",
         description="Emergency-call and telemetry server for home and community elderly care.",
     )
     app.state.runtime = runtime
+    s = runtime.settings
+    app.state.auth = AuthConfig(
+        secret=s.secret_key.get_secret_value(), token_ttl_s=s.access_token_ttl_s
+    )
+    for feature in features:
+        for router in feature.routers():
+            app.include_router(router)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz(rt: RuntimeDep) -> JSONResponse:

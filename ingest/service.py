@@ -15,6 +15,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,17 @@ class Runtime:
     failed: asyncio.Event = field(default_factory=asyncio.Event)
     embedded: list[str] = field(default_factory=list)
     started_ts: float = field(default_factory=time.time)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def add_consumer(self, consume: Callable[[Reading], None]) -> None:
+        """Receive every new valid reading, in arrival order, on the event loop. Keep it
+        cheap (hand heavy work to a queue and a task of your own): it runs on the hot path."""
+        self.bridge.consumers.append(consume)
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run a feature's background loop; it is cancelled when the runtime closes and a
+        crash of it fails the server (``failed`` is set)."""
+        _spawn(self.tasks, self, coro, name)
 
 
 async def resolve_database(
@@ -162,6 +174,7 @@ async def run_ingest(
     consumers: tuple[Callable[[Reading], None], ...] = (),
     on_durable: Callable[[Sequence[Message], float], None] | None = None,
     wait_schema_s: float = 30.0,
+    features: Sequence[Callable[[Runtime], AbstractAsyncContextManager[None]]] = (),
 ) -> AsyncIterator[Runtime]:
     async with contextlib.AsyncExitStack() as stack:
         conninfo, db_embedded = await resolve_database(settings, stack)
@@ -239,7 +252,7 @@ async def run_ingest(
         if broker_embedded:
             rt.embedded.append("mqtt")
 
-        tasks: list[asyncio.Task[None]] = []
+        tasks = rt.tasks
         _spawn(tasks, rt, maintenance_loop(rt, store), "ingest.storage.maintenance_loop")
         # Storage must be migrated before the first write; wait a while, but never forever:
         # with the database away the bridge still runs (spooling) and migrates later.
@@ -251,8 +264,12 @@ async def run_ingest(
         _spawn(tasks, rt, directory.watch_loop(conninfo), "devices.directory.watch_loop")
         _spawn(tasks, rt, bridge.flush_loop(), "ingest.pipeline.flush_loop")
         _spawn(tasks, rt, bridge.recovery_loop(), "ingest.pipeline.recovery_loop")
-        _spawn(tasks, rt, source.run_loop(), "ingest.source.run_loop")
+        feature_stack = contextlib.AsyncExitStack()
         try:
+            # Features (alerts, registry, ...) register their consumers before messages flow.
+            for run in features:
+                await feature_stack.enter_async_context(run(rt))
+            _spawn(tasks, rt, source.run_loop(), "ingest.source.run_loop")
             yield rt
         finally:
             # Stop taking messages, make what we hold durable (and ack it), then close.
@@ -260,6 +277,7 @@ async def run_ingest(
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(settings.db_write_timeout_s + 1):
                     await bridge.flush_now()
+            await feature_stack.aclose()
             for t in reversed(tasks):
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

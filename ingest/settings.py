@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     broker_drop_alarm_per_min: float = 0.0
 
     secret_key: SecretStr = SecretStr(DEV_SECRET)
+    access_token_ttl_s: int = Field(default=15 * 60, ge=30)
 
     embedded_dir: Path = Path("var/embedded")
 
