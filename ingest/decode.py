@@ -16,7 +16,7 @@ import enum
 import math
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
@@ -88,47 +88,49 @@ class Limits(msgspec.Struct, frozen=True):
     max_accel_window_s: float = 30.0
 
 
-# Physically possible ranges (not clinical thresholds: those are the rule engine's business).
-RANGES: dict[str, tuple[float, float]] = {
-    "hr_bpm": (10.0, 300.0),
-    "spo2_pct": (40.0, 100.0),
-    "temp_c": (25.0, 45.0),
-    "resp_rate_per_min": (0.0, 80.0),
-    "sbp_mmhg": (40.0, 300.0),
-    "dbp_mmhg": (20.0, 200.0),
-    "battery_pct": (0.0, 100.0),
-    "signal_quality": (0.0, 1.0),
-    "lat": (-90.0, 90.0),
-    "lon": (-180.0, 180.0),
-    "accuracy_m": (0.0, 100_000.0),
-    "rssi_dbm": (-150.0, 20.0),
-    "rate_hz": (1.0, 1000.0),
-}
 MAX_ABS_G = 64.0
-MAX_SEQ = 2**63 - 1
 
 
 # --- wire formats (compact JSON) -------------------------------------------------------------
-class _Base(msgspec.Struct):
+# Ranges are declared as msgspec constraints, so range checks run inside the C decoder; a
+# violation surfaces as a ValidationError that :func:`_compact` maps to ``out_of_range``.
+# Physically possible ranges (not clinical thresholds: those are the rule engine's business).
+HrBpm = Annotated[float, msgspec.Meta(ge=10.0, le=300.0)]
+Spo2Pct = Annotated[float, msgspec.Meta(ge=40.0, le=100.0)]
+TempC = Annotated[float, msgspec.Meta(ge=25.0, le=45.0)]
+RespRate = Annotated[float, msgspec.Meta(ge=0.0, le=80.0)]
+SbpMmhg = Annotated[float, msgspec.Meta(ge=40.0, le=300.0)]
+DbpMmhg = Annotated[float, msgspec.Meta(ge=20.0, le=200.0)]
+BatteryPct = Annotated[float, msgspec.Meta(ge=0.0, le=100.0)]
+Quality = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Lat = Annotated[float, msgspec.Meta(ge=-90.0, le=90.0)]
+Lon = Annotated[float, msgspec.Meta(ge=-180.0, le=180.0)]
+AccuracyM = Annotated[float, msgspec.Meta(ge=0.0, le=100_000.0)]
+RssiDbm = Annotated[float, msgspec.Meta(ge=-150.0, le=20.0)]
+RateHz = Annotated[float, msgspec.Meta(ge=1.0, le=1000.0)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
+class _Base(msgspec.Struct, kw_only=True):
     ts: float
-    seq: int
+    seq: Seq
     device_id: str | None = None
 
 
-class _VitalsWire(_Base):
-    hr_bpm: float | None = None
-    spo2_pct: float | None = None
-    temp_c: float | None = None
-    resp_rate_per_min: float | None = None
-    sbp_mmhg: float | None = None
-    dbp_mmhg: float | None = None
-    battery_pct: float | None = None
-    signal_quality: float | None = None
+class _VitalsWire(_Base, kw_only=True):
+    hr_bpm: HrBpm | None = None
+    spo2_pct: Spo2Pct | None = None
+    temp_c: TempC | None = None
+    resp_rate_per_min: RespRate | None = None
+    sbp_mmhg: SbpMmhg | None = None
+    dbp_mmhg: DbpMmhg | None = None
+    battery_pct: BatteryPct | None = None
+    signal_quality: Quality | None = None
     on_oxygen: bool | None = None
 
 
-class _AccelWire(_Base):
-    rate_hz: float = 0.0
+class _AccelWire(_Base, kw_only=True):
+    rate_hz: RateHz
     samples: list[tuple[float, float, float]] | None = None
     enc: str | None = None  # "i16le" or "f32le" with base64 "data"
     data: str | None = None
@@ -136,26 +138,26 @@ class _AccelWire(_Base):
     position: str | None = None
 
 
-class _SosWire(_Base):
+class _SosWire(_Base, kw_only=True):
     action: str = "press"
-    lat: float | None = None
-    lon: float | None = None
-    accuracy_m: float | None = None
+    lat: Lat | None = None
+    lon: Lon | None = None
+    accuracy_m: AccuracyM | None = None
 
 
-class _EventWire(_Base):
-    sensor: str = ""
-    state: str = ""
+class _EventWire(_Base, kw_only=True):
+    sensor: str
+    state: str
     sensor_id: str | None = None
 
 
-class _StatusWire(msgspec.Struct):
+class _StatusWire(msgspec.Struct, kw_only=True):
     state: str
     ts: float | None = None
-    seq: int | None = None
+    seq: Seq | None = None
     device_id: str | None = None
-    battery_pct: float | None = None
-    rssi_dbm: float | None = None
+    battery_pct: BatteryPct | None = None
+    rssi_dbm: RssiDbm | None = None
     firmware: str | None = None
     will: bool = False
 
@@ -186,22 +188,9 @@ _SENML_DECODER = msgspec.json.Decoder(list[_SenMLRecord])
 
 
 # --- helpers -----------------------------------------------------------------------------------
-def _check(name: str, value: float | None) -> float | None:
-    if value is None:
-        return None
-    if not math.isfinite(value):
-        raise DecodeError(Reason.NON_FINITE, f"{name} is not a finite number")
-    lo, hi = RANGES[name]
-    if not lo <= value <= hi:
-        raise DecodeError(Reason.OUT_OF_RANGE, f"{name}={value:g} outside [{lo:g}, {hi:g}]")
-    return value
-
-
 def _check_seq(seq: int | None) -> int:
     if seq is None:
         raise DecodeError(Reason.INVALID_FIELD, "seq is required")
-    if not 0 <= seq <= MAX_SEQ:
-        raise DecodeError(Reason.OUT_OF_RANGE, f"seq={seq} outside [0, 2^63-1]")
     return seq
 
 
@@ -236,8 +225,25 @@ def _same_device(claimed: str | None, device_id: str, seq: int | None) -> None:
         )
 
 
+# Topics repeat (one per device and kind): remember the parse of the good ones.
+_TOPIC_CACHE: dict[tuple[str, str], tuple[str, Kind]] = {}
+_TOPIC_CACHE_MAX = 200_000
+
+
 def parse_topic(topic: str, root: str) -> tuple[str, Kind]:
     """``{root}/{device_id}/{kind}`` -> (device_id, kind)."""
+    key = (topic, root)
+    hit = _TOPIC_CACHE.get(key)
+    if hit is not None:
+        return hit
+    parsed = _parse_topic(topic, root)
+    if len(_TOPIC_CACHE) >= _TOPIC_CACHE_MAX:
+        _TOPIC_CACHE.clear()
+    _TOPIC_CACHE[key] = parsed
+    return parsed
+
+
+def _parse_topic(topic: str, root: str) -> tuple[str, Kind]:
     prefix = root + "/"
     if not topic.startswith(prefix):
         raise DecodeError(Reason.BAD_TOPIC, f"topic must start with {prefix!r}")
@@ -293,8 +299,7 @@ def _samples_from_wire(w: _AccelWire, limits: Limits) -> np.ndarray[Any, np.dtyp
 
 
 def _decode_accel(w: _AccelWire, env: Envelope, limits: Limits) -> AccelWindow:
-    rate = _check("rate_hz", w.rate_hz)
-    assert rate is not None
+    rate = w.rate_hz
     arr = _samples_from_wire(w, limits)
     if arr.shape[0] / rate > limits.max_accel_window_s:
         raise DecodeError(
@@ -319,13 +324,37 @@ def _decode_accel(w: _AccelWire, env: Envelope, limits: Limits) -> AccelWindow:
     )
 
 
+class _SeqOnly(msgspec.Struct):
+    seq: Any = None
+
+
+def _seq_of(payload: bytes) -> int | None:
+    """Best-effort sequence number of a refused payload, so the reply can name it."""
+    try:
+        seq = msgspec.json.decode(payload, type=_SeqOnly).seq
+    except msgspec.DecodeError:
+        return None
+    ok = isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**63
+    return seq if ok else None
+
+
+def _validation_reason(exc: msgspec.ValidationError, default: Reason) -> Reason:
+    text = str(exc)
+    if "` >= " in text or "` <= " in text:
+        return Reason.OUT_OF_RANGE
+    if text.startswith("Number out of range"):
+        return Reason.NON_FINITE  # a literal like 1e999 is infinite as a float
+    return default
+
+
 def _compact(
     kind: Kind, device_id: str, payload: bytes, received_ts: float, limits: Limits
 ) -> Reading:
     try:
         wire = _WIRE_DECODERS[kind].decode(payload)
     except msgspec.ValidationError as exc:
-        raise DecodeError(Reason.INVALID_FIELD, str(exc)) from None
+        reason = _validation_reason(exc, Reason.INVALID_FIELD)
+        raise DecodeError(reason, str(exc), _seq_of(payload)) from None
     except msgspec.DecodeError as exc:
         raise DecodeError(Reason.MALFORMED, str(exc)) from None
     return _build(kind, device_id, wire, received_ts, limits)
@@ -347,25 +376,32 @@ def _build_checked(
     _same_device(wire.device_id, device_id, wire.seq)
     if isinstance(wire, _StatusWire):
         return _build_status(wire, device_id, received_ts, limits)
-    seq = _check_seq(wire.seq)
+    seq = wire.seq  # bounds checked by the decoder's constraints
     env = Envelope(device_id, seq, _check_ts(wire.ts, received_ts, limits, seq), received_ts)
     if isinstance(wire, _VitalsWire):
-        values = {
-            name: _check(name, getattr(wire, name))
-            for name in (
-                "hr_bpm",
-                "spo2_pct",
-                "temp_c",
-                "resp_rate_per_min",
-                "sbp_mmhg",
-                "dbp_mmhg",
-                "battery_pct",
-                "signal_quality",
-            )
-        }
-        if all(v is None for k, v in values.items() if k != "signal_quality"):
+        w = wire
+        if (
+            w.hr_bpm is None
+            and w.spo2_pct is None
+            and w.temp_c is None
+            and w.resp_rate_per_min is None
+            and w.sbp_mmhg is None
+            and w.dbp_mmhg is None
+            and w.battery_pct is None
+        ):
             raise DecodeError(Reason.NO_MEASUREMENT, "vitals carry no measurement", seq)
-        return Vitals(env=env, on_oxygen=wire.on_oxygen, **values)
+        return Vitals(
+            env=env,
+            hr_bpm=w.hr_bpm,
+            spo2_pct=w.spo2_pct,
+            temp_c=w.temp_c,
+            resp_rate_per_min=w.resp_rate_per_min,
+            sbp_mmhg=w.sbp_mmhg,
+            dbp_mmhg=w.dbp_mmhg,
+            battery_pct=w.battery_pct,
+            signal_quality=w.signal_quality,
+            on_oxygen=w.on_oxygen,
+        )
     if isinstance(wire, _AccelWire):
         return _decode_accel(wire, env, limits)
     if isinstance(wire, _SosWire):
@@ -376,9 +412,9 @@ def _build_checked(
         return SosPress(
             env=env,
             action="press" if wire.action == "press" else "cancel",
-            lat=_check("lat", wire.lat),
-            lon=_check("lon", wire.lon),
-            accuracy_m=_check("accuracy_m", wire.accuracy_m),
+            lat=wire.lat,
+            lon=wire.lon,
+            accuracy_m=wire.accuracy_m,
         )
     assert isinstance(wire, _EventWire)
     try:
@@ -419,8 +455,8 @@ def _build_status(
     return DeviceStatus(
         env=Envelope(device_id, seq, device_ts, received_ts),
         state="online" if wire.state == "online" else "offline",
-        battery_pct=_check("battery_pct", wire.battery_pct),
-        rssi_dbm=_check("rssi_dbm", wire.rssi_dbm),
+        battery_pct=wire.battery_pct,
+        rssi_dbm=wire.rssi_dbm,
         firmware=firmware,
         will=wire.will,
     )
@@ -514,7 +550,8 @@ def _senml(
     try:
         wire = msgspec.convert(fields, type=wire_type)
     except msgspec.ValidationError as exc:
-        raise DecodeError(Reason.BAD_SENML, str(exc), fields.get("seq")) from None
+        reason = _validation_reason(exc, Reason.BAD_SENML)
+        raise DecodeError(reason, str(exc), fields.get("seq")) from None
     return _build(kind, device_id, wire, received_ts, limits)
 
 

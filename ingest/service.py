@@ -158,6 +158,9 @@ async def maintenance_loop(rt: Runtime, store: Store, *, interval_s: float = 60.
                     rt.schema_ready.set()
                     store.ready = True
                     await rt.directory.load(conn)
+                if not rt.bridge.spool_mode:
+                    rt.bridge.db_ok = True
+                    rt.metrics.db_up.set(1)
                 delay_s = 1.0
             await asyncio.sleep(interval_s)
         except (psycopg.OperationalError, OSError) as exc:

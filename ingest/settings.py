@@ -63,6 +63,24 @@ class Settings(BaseSettings):
 
     embedded_dir: Path = Path("var/embedded")
 
+    # Failed logins (devices/login.py): after login_free_failures failures within
+    # login_failure_window_s, a username or source IP is locked out for login_lockout_base_s,
+    # doubling with every further failure up to login_lockout_max_s.
+    login_free_failures: int = Field(default=5, ge=1)
+    login_failure_window_s: float = Field(default=15 * 60, gt=0)
+    login_lockout_base_s: float = Field(default=2.0, gt=0)
+    login_lockout_max_s: float = Field(default=15 * 60, gt=0)
+
+    # Presence (devices/presence.py): a device is offline after presence_missed_heartbeats
+    # heartbeat periods of silence, or at once on its offline will.
+    presence_heartbeat_s: float = Field(default=60.0, gt=0)
+    presence_missed_heartbeats: int = Field(default=3, ge=1)
+    presence_check_interval_s: float = Field(default=5.0, gt=0)
+    # Low battery below battery_low_pct; back to normal only at battery_low_pct + hysteresis,
+    # so a reading wobbling around the threshold does not flap.
+    battery_low_pct: float = Field(default=20.0, ge=0, le=100)
+    battery_hysteresis_pct: float = Field(default=5.0, ge=0, le=50)
+
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.environment == "production" and self.secret_key.get_secret_value() == DEV_SECRET:

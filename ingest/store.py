@@ -70,7 +70,7 @@ class DeadLetter(msgspec.Struct, frozen=True):
             received_ts=received_ts,
             topic=topic[:512],
             device_id=device_id,
-            seq=seq,
+            seq=seq if seq is not None and -(2**63) <= seq < 2**63 else None,
             reason=reason,
             detail=detail[:1000],
             payload=payload[:DEAD_LETTER_PAYLOAD_CAP],

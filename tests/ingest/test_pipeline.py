@@ -134,6 +134,7 @@ async def test_bad_input_is_dead_lettered_answered_and_acked(
     msgs.append((f"{root}/{dev}/accel", cases["non_finite"]))
     msgs.append((f"{root}/{uid}-nobody/vitals", vitals(1)))
     msgs.append((f"{root}/{dev}/selfie", b"{}"))
+    msgs.append((f"{root}/{dev}/vitals", payload(seq=2**64, hr_bpm=70)))  # beyond bigint
     msgs.append((f"{root}/{dev}/vitals", good))
     pub = Publisher()
     pub.subscribe(f"{root}/{dev}/reply")
