@@ -89,6 +89,19 @@ def _delegate(module: str, func: str) -> Callable[[list[str]], int]:
     return run
 
 
+def _broker_config(argv: list[str]) -> int:
+    from devices.broker_acl import broker_config_main  # noqa: PLC0415
+
+    s = get_settings()
+    return broker_config_main(
+        argv,
+        database_url=s.database_url or s.default_database_url,
+        topic_root=s.topic_root,
+        bridge_username=s.mqtt_username,
+        bridge_password=s.mqtt_password.get_secret_value() if s.mqtt_password else None,
+    )
+
+
 # Tools owned by other features; they parse their own arguments.
 TOOLS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "fall-eval": (
@@ -98,6 +111,18 @@ TOOLS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "news2": (
         "compute NEWS2 for rows of a CSV file",
         _delegate("alerts.rules.cli", "news2_main"),
+    ),
+    "import-residents": (
+        "import residents (and their contacts) from a CSV file",
+        _delegate("devices.importer", "import_residents_main"),
+    ),
+    "import-devices": (
+        "import devices from a CSV file",
+        _delegate("devices.importer", "import_devices_main"),
+    ),
+    "broker-config": (
+        "write Mosquitto's password and ACL files from the registry (--reload: SIGHUP it)",
+        _broker_config,
     ),
 }
 

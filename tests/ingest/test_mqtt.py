@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from ingest.mqtt import (
     PUBLISH,
+    MqttClient,
     MqttError,
+    _Link,
     encode_pubacks,
     encode_publish,
     encode_varint,
@@ -59,3 +63,68 @@ def test_partial_packets_wait_for_more_bytes() -> None:
 def test_pubacks_keep_order() -> None:
     raw = encode_pubacks([5, 3, 65535])
     assert raw == b"\x40\x02\x00\x05\x40\x02\x00\x03\x40\x02\xff\xff"
+
+
+class _FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+        self.written = b""
+
+    def close(self) -> None:
+        self.closed = True
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+@pytest.mark.parametrize("version", [4, 5])
+@pytest.mark.parametrize("chunk", [1, 2, 7, 64, 100_000])
+async def test_stream_parser_any_split(version: int, chunk: int) -> None:
+    got: list = []  # type: ignore[type-arg]
+    client = MqttClient(
+        host="h", port=1, client_id="c", subscriptions=[], on_messages=got.extend, version=version
+    )
+    link = _Link(client, 7)
+    link.connection_made(_FakeTransport())  # type: ignore[arg-type]
+    frames = [
+        encode_publish(
+            f"carecall/v1/d{i}/vitals",
+            b"x" * (i * 37 % 300),
+            qos=i % 2,
+            packet_id=i + 1,
+            version=version,
+        )
+        for i in range(60)
+    ]
+    frames.insert(5, b"\xd0\x00")  # a PINGRESP in between
+    frames.append(
+        encode_publish("t/" + "é" * 100, b"y" * 20_000, qos=1, packet_id=999, version=version)
+    )  # multi-byte lengths
+    stream = b"".join(frames)
+    for i in range(0, len(stream), chunk):
+        link.data_received(stream[i : i + chunk])
+    assert len(got) == 61
+    assert [m.topic for m in got[:3]] == [
+        "carecall/v1/d0/vitals",
+        "carecall/v1/d1/vitals",
+        "carecall/v1/d2/vitals",
+    ]
+    assert all(m.link == 7 for m in got)
+    assert got[3].payload == b"x" * (3 * 37 % 300) and got[3].qos == 1 and got[3].packet_id == 4
+    assert got[-1].topic == "t/" + "é" * 100 and len(got[-1].payload) == 20_000
+    assert not link.buf
+
+
+async def test_stream_parser_closes_on_garbage() -> None:
+    client = MqttClient(
+        host="h", port=1, client_id="c", subscriptions=[], on_messages=lambda _m: None
+    )
+    link = _Link(client, 1)
+    transport = _FakeTransport()
+    link.connection_made(transport)  # type: ignore[arg-type]
+    link.data_received(b"\x32\x03\x00\x09ab")  # topic length runs past the packet
+    assert transport.closed
