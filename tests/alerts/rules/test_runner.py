@@ -441,3 +441,22 @@ def test_news2_detection_end_to_end() -> None:
     # Detections are plain values: they serialise without custom encoders.
     decoded = msgspec.json.decode(msgspec.json.encode(news2), type=Detection)
     assert decoded == news2
+
+
+@pytest.mark.parametrize(
+    ("position", "expected"),
+    [
+        ("wrist", FallParams.for_position("wrist")),
+        ("waist", FallParams()),
+        (None, FallParams()),
+        ("ankle", FallParams()),  # no preset: trunk defaults, never a crash
+    ],
+)
+def test_fall_detector_uses_the_preset_for_the_worn_position(
+    position: str | None, expected: FallParams
+) -> None:
+    runner = make_runner()
+    window = accel(T0, np.zeros((50, 3), dtype=np.float32) + np.float32([0, -1, 0]))
+    runner.process(msgspec.structs.replace(window, position=position))
+    device = runner._devices["w-1"]
+    assert device.fall is not None and device.fall.params == expected

@@ -1,0 +1,771 @@
+"""Streaming fall detector for body-worn accelerometers (waist, wrist, chest, pendant).
+
+A fall is recognised from physical signs, none of which assumes an axis or a body
+position:
+
+1. an *impact*: the magnitude of acceleration rises well above 1 g (``impact_g``), or its
+   area above 1 g -- the velocity the impact took away -- is large (``impact_area_gs``), or
+   a softer impact (``soft_impact_g``) follows a *free-fall dip* (magnitude near 0 g,
+   ``freefall_g``) in the second before it;
+2. a *change of orientation*: the direction of gravity, estimated as the mean acceleration
+   vector over a stretch before the fall began and again after the impact, turns by at least
+   ``tilt_deg`` degrees (a standing or sitting person ends up lying or crouched);
+3. *stillness* after the impact: the spread of the acceleration vector (square root of the
+   trace of its covariance) over a stretch after the impact stays below ``stillness_std_g``;
+4. optionally (the wrist), *calm before*: the spread of the acceleration vector before the
+   fall stays below ``pre_std_max_g``, since an impact amid rhythmic arm work is not a fall.
+
+The decision is taken as soon as the stillness stretch is over, at most
+``stillness_delay_s + stillness_s`` (<= 5 s) after the impact.
+
+Streaming design. The detector never keeps raw samples. Every window is reduced, with
+vectorised numpy, to fixed 0.2 s blocks aligned to absolute time (sums of x, y, z, of the
+squared magnitude, the sample count and the minimum squared magnitude); a ring of about four
+seconds of such blocks is all the history it holds. Because blocks are aligned to time, not
+to windows, the same samples give the same blocks however the device cut them into windows,
+and a 20 Hz and a 200 Hz stream give comparable features. Impacts are found on the raw
+samples of the window being fed (exact peak time); each impact becomes a small pending record
+that is completed when the blocks it needs have arrived. ``FallDetectorBank`` feeds many
+devices' windows at once, with the same results, to spread the fixed cost of numpy calls.
+See ``docs/fall-detection.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+
+BLOCK_S: Final = 0.2
+"""Width of the time-aligned blocks the history is kept in."""
+
+MAX_DECISION_DELAY_S: Final = 5.0
+"""The requirement: a fall is reported at most this long after its impact."""
+
+# A window longer than this is processed in pieces so that the ring, sized for this, still
+# holds the history an impact early in the window needs.
+_MAX_PIECE_S: Final = 1.0
+# Sample times are computed as t0 + i / rate by the caller and by us; a sample that falls on a
+# block or search boundary must land on the same side whatever the chunking, so boundaries are
+# nudged by this much (far above float64 rounding of epoch seconds, far below a sample period).
+_TIME_TIE_S: Final = 1e-4
+# Gravity before the impact is taken up to this close to the peak when the usual window has
+# no data (stream start, gap): the last moments of the descent are still left out.
+_PRE_FALLBACK_END_S: Final = 0.4
+# Ring columns: sum x, sum y, sum z, sum |a|^2, sample count, min |a|^2.
+_SX, _SY, _SZ, _SM2, _N, _MIN = range(6)
+_NCOLS: Final = 6
+_ONES3: Final = np.ones(3, dtype=np.float64)
+# An empty block: no samples, and a minimum that can never pass for free fall.
+_EMPTY_BLOCK: Final = np.array([0.0, 0.0, 0.0, 0.0, 0.0, np.inf], dtype=np.float32)
+# Pending episodes, float64 part: peak time (epoch s), peak |a|^2.
+_T_TS, _T_PEAK = 0, 1
+# Float32 part: pre-impact gravity x, y, z, free-fall min |a|^2, pre-impact variance, stage
+# (0 = peak search open or pre-impact features not computed yet, 1 = waiting for stillness),
+# impact area (g s).
+_P_GX, _P_GY, _P_GZ, _P_FF, _P_PREVAR, _P_STAGE, _P_AREA = range(7)
+_PCOLS: Final = 7
+
+
+@dataclass(frozen=True, slots=True)
+class FallParams:
+    """Thresholds and time spans of the fall detector; every name carries its unit.
+
+    Defaults were chosen by leave-subjects-out cross-validation on SisFall (waist, 200 Hz and
+    resampled to 20-100 Hz) and UMAFall (waist, wrist, chest, 20 Hz); see
+    ``docs/fall-detection.md`` for the figures and the reasoning.
+    """
+
+    trigger_g: float = 1.5
+    """A sample above this magnitude opens an impact episode (candidate)."""
+    impact_g: float = 5.0
+    """Peak magnitude that counts as an impact on its own (at high sample rates)."""
+    impact_area_gs: float = 0.15
+    """Area of the magnitude above 1 g over the peak search (g s, i.e. the velocity the
+    impact removed, in units of 9.81 m/s) that counts as an impact on its own. Unlike the
+    peak, the area survives the low-pass filtering of a low sample rate."""
+    soft_impact_g: float = 1.6
+    """Lower peak that counts as an impact when a free-fall dip preceded it."""
+    freefall_g: float = 0.3
+    """Magnitude below which the body is partly in free fall (0 g = falling freely)."""
+    freefall_window_s: float = 1.0
+    """How long before the peak a free-fall dip is looked for."""
+    peak_search_s: float = 0.5
+    """After the first sample above ``trigger_g``, the peak is the maximum over this span."""
+    pre_start_s: float = 2.0
+    """Gravity before the fall is the mean vector from ``pre_start_s`` before the peak ..."""
+    pre_end_s: float = 0.8
+    """... to ``pre_end_s`` before it (the descent itself is excluded)."""
+    tilt_deg: float = 40.0
+    """Minimum turn of the gravity direction between before and after the impact."""
+    stillness_delay_s: float = 1.0
+    """The stillness stretch starts this long after the peak (bounces and rolling settle)."""
+    stillness_s: float = 1.4
+    """Length of the stillness stretch; the decision comes at its end."""
+    stillness_std_g: float = 0.4
+    """Maximum spread of the acceleration vector over the stillness stretch."""
+    pre_std_max_g: float = 10.0
+    """Maximum spread of the acceleration vector before the fall (over the gravity window).
+    Falls start from ordinary activity; an impact amid vigorous rhythmic motion (clapping,
+    hammering) is not one. Matters for the wrist; 10 g leaves it off."""
+    refractory_s: float = 10.0
+    """After a reported fall, impacts within this span are not reported again."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise TypeError(f"FallParams.{f.name} must be a number, got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"FallParams.{f.name} must be finite and >= 0, got {value!r}")
+        if self.trigger_g > min(self.impact_g, self.soft_impact_g):
+            raise ValueError("FallParams.trigger_g must not exceed impact_g or soft_impact_g")
+        if self.pre_start_s <= self.pre_end_s:
+            raise ValueError("FallParams.pre_start_s must be greater than pre_end_s")
+        if self.peak_search_s < BLOCK_S:
+            raise ValueError(f"FallParams.peak_search_s must be >= {BLOCK_S} s")
+        if self.stillness_s < 2 * BLOCK_S:
+            raise ValueError(f"FallParams.stillness_s must be >= {2 * BLOCK_S} s")
+        if self.stillness_delay_s + self.stillness_s > MAX_DECISION_DELAY_S:
+            raise ValueError(
+                "FallParams.stillness_delay_s + stillness_s must be <= "
+                f"{MAX_DECISION_DELAY_S} s (a fall must be reported within that)"
+            )
+
+    @classmethod
+    def for_position(cls, position: str | None) -> FallParams:
+        """Defaults for where the device is worn (``AccelWindow.position``).
+
+        Trunk positions (waist, chest, pendant, or unknown) share the defaults; the wrist
+        moves on its own and gets its own cross-validated thresholds.
+        """
+        if position is None or position in TRUNK_POSITIONS:
+            return cls()
+        if position in POSITION_OVERRIDES:
+            return cls(**POSITION_OVERRIDES[position])
+        known = sorted(TRUNK_POSITIONS | POSITION_OVERRIDES.keys())
+        raise ValueError(f"unknown body position {position!r}; known: {known}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, object], base: FallParams | None = None) -> FallParams:
+        """Build from a plain mapping (e.g. a YAML rules file); unknown keys are refused.
+
+        Keys not given keep their value in ``base`` (the defaults if None), so a resident's
+        overrides can sit on top of ``FallParams.for_position(...)``.
+        """
+        known = {f.name for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                raise ValueError(f"unknown fall parameter {key!r}; known: {sorted(known)}")
+        converted: dict[str, float] = {}
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise ValueError(f"fall parameter {key!r} must be a number, got {value!r}")
+            try:
+                converted[key] = float(value)
+            except ValueError as exc:
+                raise ValueError(f"fall parameter {key!r} must be a number, got {value!r}") from exc
+        return replace(base or cls(), **converted)
+
+
+TRUNK_POSITIONS: Final = frozenset({"waist", "chest", "pendant"})
+# Chosen by the same leave-subjects-out protocol on UMAFall's wrist sensor (bench/fall_cv.py).
+POSITION_OVERRIDES: Final[dict[str, dict[str, float]]] = {
+    "wrist": {
+        "impact_g": 3.0,
+        "impact_area_gs": 0.25,
+        "freefall_g": 0.0,
+        "tilt_deg": 20.0,
+        "stillness_std_g": 0.7,
+        "pre_std_max_g": 0.7,
+    },
+}
+
+
+def fall_params_from_dict(
+    values: Mapping[str, object], base: FallParams | None = None
+) -> FallParams:
+    """Loader for rules files: ``FallParams.from_dict`` as a plain function."""
+    return FallParams.from_dict(values, base)
+
+
+@dataclass(frozen=True, slots=True)
+class FallEvent:
+    """A detected fall."""
+
+    impact_ts: float
+    """Epoch seconds of the impact peak."""
+    detected_ts: float
+    """Time (on the device's clock) at which the detector had the data to decide."""
+    peak_g: float
+    evidence: dict[str, float]
+    """``freefall_min_g``, ``tilt_deg``, ``post_std_g``, ``post_mean_g``, ``impact_area_gs``,
+    ``pre_std_g``."""
+
+
+def _block_of(t_s: float) -> int:
+    return math.floor(t_s / BLOCK_S + _TIME_TIE_S / BLOCK_S)
+
+
+class FallDetector:
+    """Per-device streaming fall detector; feed it windows in time order."""
+
+    # Slots: thousands of these live in one process, one per device.
+    __slots__ = (
+        "_cap",
+        "_have_blocks",
+        "_last_event_ts",
+        "_last_t_s",
+        "_n_pend",
+        "_newest_block",
+        "_open_end_s",
+        "_part",
+        "_part_block",
+        "_part_open",
+        "_pend",
+        "_pend_ts",
+        "_ring",
+        "_ring_len",
+        "_trigger2",
+        "params",
+    )
+
+    def __init__(self, params: FallParams = FallParams()) -> None:
+        self.params = params
+        p = params
+        self._trigger2 = p.trigger_g**2
+        piece_s = _MAX_PIECE_S + 2 * BLOCK_S
+        span_s = max(
+            p.pre_start_s + p.peak_search_s + piece_s,
+            p.freefall_window_s + p.peak_search_s + piece_s,
+            p.stillness_s + piece_s,
+        )
+        self._ring_len = math.ceil(span_s / BLOCK_S) + 1
+        # Blocks kept in float32: sums over <= 0.2 s of samples in g lose nothing that matters.
+        self._ring = np.tile(_EMPTY_BLOCK, (self._ring_len, 1))
+        self._newest_block = -1  # last complete block written to the ring; -1 = none yet
+        self._have_blocks = False
+        # The block being filled: its id and float64 running sums (same columns as the ring).
+        self._part_block = -1
+        self._part = np.zeros(_NCOLS, dtype=np.float64)
+        self._part_open = False
+        self._last_t_s = -math.inf  # time of the last accepted sample
+        # Episodes: at most one has its peak search open (the newest); the others wait for
+        # their blocks. Their number is bounded because episodes start peak_search_s apart.
+        self._cap = (
+            math.ceil(
+                (p.peak_search_s + p.stillness_delay_s + p.stillness_s + 2 * BLOCK_S)
+                / p.peak_search_s
+            )
+            + 1
+        )
+        self._pend_ts = np.zeros((self._cap, 2), dtype=np.float64)
+        self._pend = np.zeros((self._cap, _PCOLS), dtype=np.float32)
+        self._n_pend = 0
+        self._open_end_s = -math.inf  # end of the newest episode's peak search
+        self._last_event_ts = -math.inf
+
+    # ----------------------------------------------------------------------------------
+    def state_nbytes(self) -> int:
+        """Bytes of per-device state: array payloads plus 8 bytes per scalar slot.
+
+        CPython object headers (about 100 bytes per numpy array, 16-32 per scalar) come on
+        top; they are the same for every device and are listed in docs/fall-detection.md.
+        """
+        # trigger2, ring_len, newest_block, have_blocks, part_block, part_open, last_t,
+        # cap, n_pend, open_end, last_event
+        scalars = 11
+        return int(
+            self._ring.nbytes
+            + self._part.nbytes
+            + self._pend_ts.nbytes
+            + self._pend.nbytes
+            + 8 * scalars
+        )
+
+    def state_size_with_headers(self) -> int:
+        """Like ``state_nbytes`` but with CPython object headers counted (sys.getsizeof)."""
+        arrays = (self._ring, self._part, self._pend_ts, self._pend)
+        return sum(sys.getsizeof(a) for a in arrays) + sys.getsizeof(self) + 11 * 32
+
+    # ----------------------------------------------------------------------------------
+    def feed(self, t0_s: float, rate_hz: float, samples_g: npt.ArrayLike) -> list[FallEvent]:
+        """Process one window; return the falls decided with this window's data.
+
+        ``samples_g`` is an (n, 3) array in g whose first sample is at ``t0_s`` and whose
+        samples are ``1 / rate_hz`` apart. Rows with NaN or inf are ignored, samples that are
+        not later than the last accepted one (overlap, replays) are dropped, and a gap simply
+        leaves blocks empty. A rate change between windows needs nothing special because the
+        history is kept per unit of time.
+        """
+        if not (math.isfinite(rate_hz) and rate_hz > 0):
+            raise ValueError(f"rate_hz must be a positive number, got {rate_hz!r}")
+        if not math.isfinite(t0_s):
+            raise ValueError(f"t0_s must be finite, got {t0_s!r}")
+        acc = np.asarray(samples_g, dtype=np.float64)
+        if acc.ndim != 2 or acc.shape[1] != 3:
+            raise ValueError(f"samples_g must have shape (n, 3), got {acc.shape}")
+        events: list[FallEvent] = []
+        n = acc.shape[0]
+        piece = max(1, int(_MAX_PIECE_S * rate_hz))
+        for start in range(0, n, piece):
+            self._feed_piece(t0_s + start / rate_hz, rate_hz, acc[start : start + piece], events)
+        return events
+
+    # ----------------------------------------------------------------------------------
+    def _feed_piece(
+        self, t0_s: float, rate_hz: float, acc: FloatArray, out: list[FallEvent]
+    ) -> None:
+        period_s = 1.0 / rate_hz
+        m2 = np.dot(acc * acc, _ONES3)  # |a|^2 per sample; dot is the cheapest way here
+        times: FloatArray | None = None
+        peak_m2 = float(m2.max())
+        min_t_s = self._last_t_s + 0.5 * period_s
+        if not math.isfinite(peak_m2) or t0_s <= min_t_s or rate_hz < 1.0 / BLOCK_S:
+            # Rare path: drop bad rows and samples that overlap what we already have.
+            times = t0_s + np.arange(m2.size) * period_s
+            keep = np.isfinite(m2) & (times > min_t_s)
+            if not keep.all():
+                if not keep.any():
+                    return
+                acc, m2, times = acc[keep], m2[keep], times[keep]
+                peak_m2 = float(m2.max())
+            first_t_s = float(times[0])
+            last_t_s = float(times[-1])
+        else:
+            first_t_s = t0_s
+            last_t_s = t0_s + (m2.size - 1) * period_s
+
+        self._ingest_blocks(
+            acc, m2, t0_s=t0_s, rate_hz=rate_hz, times=times, next_t_s=last_t_s + period_s
+        )
+        self._last_t_s = last_t_s
+
+        if self._open_end_s >= first_t_s - _TIME_TIE_S or peak_m2 >= self._trigger2:
+            self._find_episodes(m2, t0_s=t0_s, rate_hz=rate_hz, times=times, out=out)
+        if self._n_pend:
+            self._advance_pending(out)
+
+    def _ingest_blocks(
+        self,
+        acc: FloatArray,
+        m2: FloatArray,
+        *,
+        t0_s: float,
+        rate_hz: float,
+        times: FloatArray | None,
+        next_t_s: float,
+    ) -> None:
+        """Reduce samples to time-aligned blocks and push the complete ones into the ring."""
+        tie_blocks = _TIME_TIE_S / BLOCK_S
+        n = m2.size
+        if times is None:
+            # Evenly spaced samples (the usual case): block starts by arithmetic on a handful
+            # of block numbers rather than per sample. Sample i is in block >= k iff
+            # t0 + i / rate >= (k - tie) * BLOCK_S, the same rule as _block_of.
+            first = _block_of(t0_s)
+            last = _block_of(next_t_s - 1.0 / rate_hz)
+            start_list = [0] + [
+                math.ceil(((k - tie_blocks) * BLOCK_S - t0_s) * rate_hz)
+                for k in range(first + 1, last + 1)
+            ]
+            starts: npt.NDArray[np.int64] | list[int] = start_list
+            counts: npt.NDArray[np.int64] | list[int] = [
+                b - a for a, b in zip(start_list, [*start_list[1:], n], strict=True)
+            ]
+            ids: npt.NDArray[np.int64] | None = None  # first, first + 1, ..., last
+        else:
+            blk = np.floor(times * (1.0 / BLOCK_S) + tie_blocks).astype(np.int64)
+            start_arr = np.flatnonzero(blk[1:] != blk[:-1]) + 1
+            start_arr = np.concatenate((np.zeros(1, dtype=np.int64), start_arr))
+            starts = start_arr
+            counts = np.diff(start_arr, append=n)
+            ids = blk[start_arr]
+            first, last = int(ids[0]), int(ids[-1])
+            if ids.size == last - first + 1:
+                ids = None  # contiguous after all: the cheap path below
+        sums = np.empty((len(counts), _NCOLS), dtype=np.float64)
+        sums[:, :3] = np.add.reduceat(acc, starts, axis=0)
+        sums[:, _SM2] = np.add.reduceat(m2, starts)
+        sums[:, _N] = counts
+        sums[:, _MIN] = np.minimum.reduceat(m2, starts)
+        self._store_blocks(sums, first, last, ids, next_t_s)
+
+    def _store_blocks(
+        self,
+        sums: FloatArray,
+        first: int,
+        last: int,
+        ids: npt.NDArray[np.int64] | None,
+        next_t_s: float,
+    ) -> None:
+        """Merge a window's block sums with the open block, keep complete ones in the ring."""
+        if self._part_open:
+            if first == self._part_block:
+                # Continue the block left open by the previous window.
+                sums[0, :_MIN] += self._part[:_MIN]
+                sums[0, _MIN] = min(sums[0, _MIN], self._part[_MIN])
+            else:
+                self._write_blocks(self._part_block, self._part[None, :], None)
+            self._part_open = False
+
+        # The last block is complete if the next sample would belong to a later block.
+        last_complete = _block_of(next_t_s) > last
+        n_complete = sums.shape[0] if last_complete else sums.shape[0] - 1
+        if n_complete:
+            self._write_blocks(first, sums[:n_complete], None if ids is None else ids[:n_complete])
+        if not last_complete:
+            self._part_block = last
+            self._part[:] = sums[-1]
+            self._part_open = True
+
+    def _write_blocks(
+        self, first: int, rows: FloatArray, ids: npt.NDArray[np.int64] | None
+    ) -> None:
+        """Store complete blocks: ``first``, ``first + 1``, ... or, if given, ``ids``."""
+        last = first + rows.shape[0] - 1 if ids is None else int(ids[-1])
+        first_new = self._newest_block + 1
+        if self._have_blocks and ids is None and first == first_new:
+            pass  # continues what the ring holds: nothing to clear
+        elif not self._have_blocks or last - first_new >= self._ring_len:
+            self._ring[:] = _EMPTY_BLOCK
+        elif last >= first_new:
+            # Blocks skipped by a gap must read as empty, not as stale data.
+            self._ring[np.arange(first_new, last + 1) % self._ring_len] = _EMPTY_BLOCK
+        lo = first % self._ring_len
+        if ids is None and lo + rows.shape[0] <= self._ring_len:
+            self._ring[lo : lo + rows.shape[0]] = rows  # the usual case: a plain slice
+        elif ids is None and rows.shape[0] <= self._ring_len:
+            split = self._ring_len - lo  # wraps around the end: two slices
+            self._ring[lo:] = rows[:split]
+            self._ring[: rows.shape[0] - split] = rows[split:]
+        else:
+            slots = np.arange(first, last + 1) if ids is None else ids
+            self._ring[slots % self._ring_len] = rows
+        self._newest_block = max(last, self._newest_block)
+        self._have_blocks = True
+
+    def _block_stats(self, first: int, last: int) -> tuple[list[float], int]:
+        """Column totals (the min column: minimum) over blocks first..last, inclusive, and
+        how many of them hold samples. Empty and unheld blocks contribute nothing."""
+        lo = max(first, self._newest_block - self._ring_len + 1)
+        hi = min(last, self._newest_block)
+        if not self._have_blocks or hi < lo:
+            return [0.0, 0.0, 0.0, 0.0, 0.0, math.inf], 0
+        a, b = lo % self._ring_len, hi % self._ring_len
+        rows = (
+            self._ring[a : b + 1]
+            if a <= b
+            else np.concatenate((self._ring[a:], self._ring[: b + 1]))
+        )
+        tot = rows.sum(axis=0, dtype=np.float64).tolist()
+        tot[_MIN] = float(rows[:, _MIN].min())
+        return tot, int(np.count_nonzero(rows[:, _N]))
+
+    # ----------------------------------------------------------------------------------
+    def _find_episodes(
+        self,
+        m2: FloatArray,
+        *,
+        t0_s: float,
+        rate_hz: float,
+        times: FloatArray | None,
+        out: list[FallEvent],
+    ) -> None:
+        """Open impact episodes on samples above the trigger and track each one's peak.
+
+        ``times`` is None for evenly spaced samples (sample j at t0 + j / rate), which spares
+        building a time array on this path; otherwise it holds each sample's time.
+        """
+        period_s = 1.0 / rate_hz
+        trigger2 = self.params.trigger_g**2
+        pos = 0
+        n = m2.size
+        while pos < n:
+            t_pos = t0_s + pos * period_s if times is None else float(times[pos])
+            if self._n_pend and self._open_end_s >= t_pos - _TIME_TIE_S:
+                # The newest episode's peak search covers samples up to its end.
+                limit_s = self._open_end_s + _TIME_TIE_S
+                if times is None:
+                    stop = min(n, math.floor((limit_s - t0_s) * rate_hz) + 1)
+                else:
+                    stop = int(np.searchsorted(times, limit_s, side="right"))
+                stop = max(stop, pos + 1)
+                seg = m2[pos:stop]
+                k = pos + int(seg.argmax())
+                row = self._n_pend - 1
+                if m2[k] > self._pend_ts[row, _T_PEAK]:
+                    t_k = t0_s + k * period_s if times is None else float(times[k])
+                    self._pend_ts[row] = t_k, m2[k]
+                # Area of the magnitude above 1 g: the velocity the impact took away (g s).
+                # Low-pass filtering keeps areas, so unlike the peak it hardly depends on
+                # the sample rate. sum(max(|a|, 1)) - count = sum of the excess over 1 g.
+                excess_gs = float(np.maximum(np.sqrt(seg), 1.0).sum()) - seg.size
+                self._pend[row, _P_AREA] += excess_gs * period_s
+                pos = stop
+                continue
+            above = m2[pos:] >= trigger2
+            first = int(above.argmax())
+            if not above[first]:
+                return
+            pos += first
+            if self._n_pend == self._cap:
+                # Older episodes may be decidable already (the ring holds this whole piece).
+                self._advance_pending(out)
+            if self._n_pend == self._cap:
+                # Not reachable with the sizing in __init__; never grow: drop the weakest.
+                weakest = int(np.argmin(self._pend_ts[: self._n_pend, _T_PEAK]))
+                self._pend[weakest : self._n_pend - 1] = self._pend[weakest + 1 : self._n_pend]
+                self._pend_ts[weakest : self._n_pend - 1] = self._pend_ts[
+                    weakest + 1 : self._n_pend
+                ]
+                self._n_pend -= 1
+            row = self._n_pend
+            t_start = t0_s + pos * period_s if times is None else float(times[pos])
+            self._pend[row] = 0.0
+            self._pend_ts[row] = t_start, m2[pos]
+            self._n_pend += 1
+            self._open_end_s = t_start + self.params.peak_search_s
+
+    def _advance_pending(self, out: list[FallEvent]) -> None:
+        """Compute pre-impact features and decisions for episodes whose blocks are in."""
+        p = self.params
+        kept: list[int] = []
+        stages = self._pend[: self._n_pend, _P_STAGE].tolist()
+        peaks_ts = self._pend_ts[: self._n_pend, _T_TS].tolist()
+        for row, (stage, peak_ts) in enumerate(zip(stages, peaks_ts, strict=True)):
+            if stage == 0:
+                # Pre-impact features need the final peak and the block holding it.
+                is_newest = row == self._n_pend - 1
+                search_done = not is_newest or self._last_t_s > self._open_end_s + _TIME_TIE_S
+                if not search_done or self._newest_block < _block_of(peak_ts):
+                    kept.append(row)
+                    continue
+                if not self._compute_pre(row, peak_ts):
+                    continue  # no impact: most steps and jolts end here, cheaply
+            last_block = _block_of(peak_ts + p.stillness_delay_s + p.stillness_s) - 1
+            if self._newest_block < last_block:
+                kept.append(row)
+                continue
+            event = self._decide(row, peak_ts, last_block)
+            if event is not None:
+                out.append(event)
+        if len(kept) < self._n_pend:
+            self._pend[: len(kept)] = self._pend[kept]
+            self._pend_ts[: len(kept)] = self._pend_ts[kept]
+            self._n_pend = len(kept)
+
+    def _compute_pre(self, row: int, peak_ts: float) -> bool:
+        """Free-fall dip and gravity before the impact; False if it is no impact at all."""
+        p = self.params
+        peak_g = math.sqrt(float(self._pend_ts[row, _T_PEAK]))
+        hard = peak_g >= p.impact_g or float(self._pend[row, _P_AREA]) >= p.impact_area_gs
+        if not hard and peak_g < p.soft_impact_g:
+            return False
+        ff, ff_blocks = self._block_stats(
+            _block_of(peak_ts - p.freefall_window_s), _block_of(peak_ts)
+        )
+        ff_min_m2 = ff[_MIN] if ff_blocks else math.nan
+        if not hard and not ff_min_m2 <= p.freefall_g**2:
+            return False
+        first_pre = _block_of(peak_ts - p.pre_start_s)
+        pre, pre_blocks = self._block_stats(first_pre, _block_of(peak_ts - p.pre_end_s) - 1)
+        if not pre_blocks:
+            # The stream (or a gap) ended shortly before the impact: use what there is up to
+            # the start of the descent rather than nothing.
+            pre, pre_blocks = self._block_stats(
+                first_pre, _block_of(peak_ts - _PRE_FALLBACK_END_S) - 1
+            )
+        if pre_blocks:
+            n = pre[_N]
+            gx, gy, gz = pre[_SX] / n, pre[_SY] / n, pre[_SZ] / n
+            pre_var = max(0.0, pre[_SM2] / n - (gx * gx + gy * gy + gz * gz))
+        else:
+            gx = gy = gz = pre_var = math.nan  # no history (stream start or a gap)
+        self._pend[row, :_P_AREA] = (gx, gy, gz, ff_min_m2, pre_var, 1.0)
+        return True
+
+    def _decide(self, row: int, peak_ts: float, last_block: int) -> FallEvent | None:
+        p = self.params
+        first_block = _block_of(peak_ts + p.stillness_delay_s)
+        post, post_blocks = self._block_stats(first_block, last_block)
+        if post_blocks * 2 < last_block - first_block + 1:
+            return None  # too little data after the impact to confirm a fall
+        n = post[_N]
+        mx, my, mz = post[_SX] / n, post[_SY] / n, post[_SZ] / n
+        post_m2 = mx * mx + my * my + mz * mz
+        post_std_g = math.sqrt(max(0.0, post[_SM2] / n - post_m2))
+        gx, gy, gz, ff_min_m2, pre_var, _, area_gs = self._pend[row].tolist()
+        pre_m2 = gx * gx + gy * gy + gz * gz
+        if pre_m2 > 0 and post_m2 > 0:
+            cos = (gx * mx + gy * my + gz * mz) / math.sqrt(pre_m2 * post_m2)
+            tilt_deg = math.degrees(math.acos(max(-1.0, min(1.0, cos))))
+        else:
+            tilt_deg = math.nan  # NaN pre-impact gravity: comparisons above are False
+        peak_g = math.sqrt(float(self._pend_ts[row, _T_PEAK]))
+        evidence = {
+            "freefall_min_g": math.sqrt(ff_min_m2) if math.isfinite(ff_min_m2) else math.nan,
+            "tilt_deg": tilt_deg,
+            "post_std_g": post_std_g,
+            "post_mean_g": math.sqrt(post_m2),
+            "impact_area_gs": area_gs,
+            "pre_std_g": math.sqrt(pre_var) if math.isfinite(pre_var) else math.nan,
+        }
+        if not self.accepts(peak_g, evidence):
+            return None
+        if peak_ts - self._last_event_ts < p.refractory_s - _TIME_TIE_S:
+            return None  # (the tie margin keeps "exactly refractory_s later" chunk-proof)
+        self._last_event_ts = peak_ts
+        return FallEvent(
+            impact_ts=peak_ts,
+            detected_ts=(last_block + 1) * BLOCK_S,
+            peak_g=peak_g,
+            evidence=evidence,
+        )
+
+    def accepts(self, peak_g: float, evidence: Mapping[str, float]) -> bool:
+        """The decision rule on one episode's figures (also used by the tuning bench)."""
+        return fall_rule(self.params, peak_g, evidence)
+
+
+def fall_rule(params: FallParams, peak_g: float, evidence: Mapping[str, float]) -> bool:
+    """Impact (hard, or soft after free fall) and a turn of gravity and stillness after."""
+    ff_min_g = evidence["freefall_min_g"]
+    hard = peak_g >= params.impact_g or evidence["impact_area_gs"] >= params.impact_area_gs
+    soft = peak_g >= params.soft_impact_g and ff_min_g <= params.freefall_g
+    if not (hard or soft):
+        return False
+    tilt = evidence["tilt_deg"]
+    # Without history before the impact (stream start, gap) the turn cannot be measured;
+    # then stillness and impact alone decide, rather than missing a fall.
+    if math.isfinite(tilt) and tilt < params.tilt_deg:
+        return False
+    if evidence["pre_std_g"] > params.pre_std_max_g:  # NaN (no history) passes
+        return False
+    return evidence["post_std_g"] <= params.stillness_std_g
+
+
+class FallDetectorBank:
+    """Many devices' detectors fed together, to spend the numpy call overhead once per batch.
+
+    A single window costs a fixed ~25 µs of numpy calls whatever its length, which caps a
+    50 Hz device fed 1 s windows far below the throughput a server needs. Here the common
+    case -- a quiet window (nothing above ``trigger_g``, no episode under way) -- is reduced
+    to blocks for all devices of the batch in one set of numpy calls, whatever each window's
+    start time; every other window goes through its device's own :meth:`FallDetector.feed`.
+    The state and the events are those of feeding each device alone.
+    """
+
+    __slots__ = ("detectors",)
+
+    def __init__(self, n_devices: int, params: FallParams = FallParams()) -> None:
+        self.detectors = [FallDetector(params) for _ in range(n_devices)]
+
+    def set_params(self, slot: int, params: FallParams) -> None:
+        """Give one device its own thresholds (its history starts afresh)."""
+        self.detectors[slot] = FallDetector(params)
+
+    def feed_many(
+        self,
+        slots: Sequence[int],
+        t0_s: Sequence[float] | FloatArray,
+        rate_hz: float,
+        samples_g: npt.ArrayLike,
+    ) -> list[tuple[int, FallEvent]]:
+        """Feed window ``samples_g[i]`` (shape (k, n, 3)) starting at ``t0_s[i]`` to device
+        ``slots[i]``; all windows share ``rate_hz`` and length. Returns (slot, event) pairs."""
+        if not (math.isfinite(rate_hz) and rate_hz > 0):
+            raise ValueError(f"rate_hz must be a positive number, got {rate_hz!r}")
+        acc = np.asarray(samples_g, dtype=np.float64)
+        starts = np.asarray(t0_s, dtype=np.float64)
+        k = len(slots)
+        if acc.ndim != 3 or acc.shape[0] != k or acc.shape[2] != 3 or starts.shape != (k,):
+            raise ValueError(
+                f"need slots (k,), t0_s (k,) and samples_g (k, n, 3); got {k}, "
+                f"{starts.shape}, {acc.shape}"
+            )
+        if not np.isfinite(starts).all():
+            raise ValueError("t0_s must be finite")  # refuse the batch before feeding any of it
+        n = acc.shape[1]
+        events: list[tuple[int, FallEvent]] = []
+        if k == 0 or n == 0:
+            return events
+        period_s = 1.0 / rate_hz
+        # Windows up to one piece long (see feed), at 5 Hz or more (see _feed_piece), whose
+        # samples are all finite and below the trigger, for devices with no episode going on,
+        # are reduced here together; the rest go through feed() one by one.
+        fast: list[int] = []
+        m2 = np.empty((0, 0), dtype=np.float64)
+        if n <= rate_hz and rate_hz >= 1.0 / BLOCK_S:
+            m2 = np.dot(acc * acc, _ONES3)  # (k, n)
+            peaks = m2.max(axis=1).tolist()  # NaN for a window with a NaN row: never quiet
+            for i, slot in enumerate(slots):
+                det = self.detectors[slot]
+                t0 = float(starts[i])
+                if (
+                    peaks[i] < det._trigger2
+                    and det._n_pend == 0
+                    and det._open_end_s < t0 - _TIME_TIE_S
+                    and t0 > det._last_t_s + 0.5 * period_s
+                ):
+                    fast.append(i)
+        if fast:
+            self._feed_quiet([slots[i] for i in fast], starts[fast], rate_hz, acc[fast], m2[fast])
+        fast_set = set(fast)
+        for i, slot in enumerate(slots):
+            if i not in fast_set:
+                det = self.detectors[slot]
+                events += [(slot, ev) for ev in det.feed(float(starts[i]), rate_hz, acc[i])]
+        return events
+
+    def _feed_quiet(
+        self,
+        slots: list[int],
+        t0_s: FloatArray,
+        rate_hz: float,
+        acc: FloatArray,
+        m2: FloatArray,
+    ) -> None:
+        """Block sums for many quiet windows in one set of numpy calls.
+
+        Each window gets exactly the blocks ``FallDetector._ingest_blocks`` would give it
+        (same formulas, same summation order), then each device merges and stores its own.
+        """
+        k, n = acc.shape[0], acc.shape[1]
+        period_s = 1.0 / rate_hz
+        tie_blocks = _TIME_TIE_S / BLOCK_S
+        last_t = t0_s + (n - 1) * period_s
+        next_t = last_t + period_s
+        first = np.floor(t0_s / BLOCK_S + tie_blocks).astype(np.int64)
+        last = np.floor((next_t - 1.0 / rate_hz) / BLOCK_S + tie_blocks).astype(np.int64)
+        n_blocks = last - first + 1
+        step = np.arange(int(n_blocks.max()))
+        block_ids = first[:, None] + step[None, :]
+        starts = np.ceil(((block_ids - tie_blocks) * BLOCK_S - t0_s[:, None]) * rate_hz)
+        starts[:, 0] = 0
+        valid = step[None, :] < n_blocks[:, None]
+        flat_starts = (starts.astype(np.int64) + (np.arange(k) * n)[:, None])[valid]
+        flat_acc = acc.reshape(k * n, 3)
+        flat_m2 = m2.reshape(k * n)
+        sums = np.empty((flat_starts.size, _NCOLS), dtype=np.float64)
+        sums[:, :3] = np.add.reduceat(flat_acc, flat_starts, axis=0)
+        sums[:, _SM2] = np.add.reduceat(flat_m2, flat_starts)
+        sums[:-1, _N] = flat_starts[1:] - flat_starts[:-1]
+        sums[-1, _N] = k * n - flat_starts[-1]
+        sums[:, _MIN] = np.minimum.reduceat(flat_m2, flat_starts)
+        offsets = np.concatenate(([0], np.cumsum(n_blocks))).tolist()
+        firsts, lasts = first.tolist(), last.tolist()
+        last_ts, next_ts = last_t.tolist(), next_t.tolist()
+        for j, slot in enumerate(slots):
+            det = self.detectors[slot]
+            det._store_blocks(
+                sums[offsets[j] : offsets[j + 1]], firsts[j], lasts[j], None, next_ts[j]
+            )
+            det._last_t_s = last_ts[j]
