@@ -25,30 +25,4 @@ class Feature:
     tags: list[str] = field(default_factory=list)
 
 
-def registry_feature() -> Feature:
-    """Areas, residents, devices, staff, auth, audit and presence (devices/)."""
-    from devices.feature import RegistryConfig, RegistryService  # noqa: PLC0415
-
-    service = RegistryService()
-
-    def run(rt: Runtime) -> AbstractAsyncContextManager[None]:
-        s = rt.settings
-        config = RegistryConfig(
-            heartbeat_s=s.presence_heartbeat_s,
-            missed_heartbeats=s.presence_missed_heartbeats,
-            presence_check_interval_s=s.presence_check_interval_s,
-            battery_low_pct=s.battery_low_pct,
-            battery_hysteresis_pct=s.battery_hysteresis_pct,
-            login_free_failures=s.login_free_failures,
-            login_failure_window_s=s.login_failure_window_s,
-            login_lockout_base_s=s.login_lockout_base_s,
-            login_lockout_max_s=s.login_lockout_max_s,
-        )
-        return service.run(
-            pool=rt.pool, add_consumer=rt.add_consumer, spawn=rt.spawn, config=config
-        )
-
-    return Feature(name="registry", routers=service.routers, run=run, tags=["registry"])
-
-
-FEATURES: list[Feature] = [registry_feature()]
+FEATURES: list[Feature] = []
