@@ -48,6 +48,11 @@ class IngestMetrics:
             ["reason"],
             registry=r,
         )
+        self.dead_letters_suppressed = Counter(
+            "carecall_ingest_dead_letters_suppressed",
+            "Refused messages counted but not kept: a key's dead-letter budget was spent",
+            registry=r,
+        )
         self.duplicates = Counter(
             "carecall_ingest_duplicates",
             "Messages seen again (redelivery or replay of the same reading); stored once",

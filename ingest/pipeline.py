@@ -58,6 +58,32 @@ class Batch:
     may_repeat: bool = False
 
 
+class TokenBuckets:
+    """Per-key token buckets, bounded in size: a flood from one key cannot exhaust storage.
+
+    A hostile or broken device sending garbage at line rate still has every message counted
+    and refused, but only ``rate_per_s`` of them per second (after a ``burst``) are kept as dead
+    letters; the rest are counted in ``carecall_ingest_dead_letters_suppressed_total``.
+    """
+
+    def __init__(self, *, rate_per_s: float, burst: float, max_keys: int = 100_000) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.max_keys = max_keys
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    def take(self, key: str, now_s: float) -> bool:
+        tokens, at = self._buckets.get(key, (self.burst, now_s))
+        tokens = min(self.burst, tokens + max(0.0, now_s - at) * self.rate_per_s)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        if key not in self._buckets and len(self._buckets) >= self.max_keys:
+            self._buckets.clear()  # crude but bounded; only matters under a flood of new keys
+        self._buckets[key] = (tokens, now_s)
+        return allowed
+
+
 def _is_urgent(r: Reading) -> TypeGuard[SosPress | HomeEvent]:
     if isinstance(r, SosPress):
         return True
@@ -87,6 +113,7 @@ class Bridge:
         write_timeout_s: float = 5.0,
         consumers: Sequence[Callable[[Reading], None]] = (),
         on_durable: Callable[[Sequence[Message], float], None] | None = None,
+        dead_letters_per_min: float = 120.0,
     ) -> None:
         self.store = store
         # Called with each batch's messages and the wall time they became durable (benchmarks
@@ -112,6 +139,9 @@ class Bridge:
         self._pending = 0
         self._paused = False
         self._last_reject_reply: dict[str, float] = {}
+        self._dead_letter_budget = TokenBuckets(
+            rate_per_s=dead_letters_per_min / 60.0, burst=max(1.0, dead_letters_per_min / 4)
+        )
         self._spool_decoder = msgspec.msgpack.Decoder(SpoolRecord)
         self._spool_encoder = msgspec.msgpack.Encoder()
         self.spool_mode = spool.size > 0
@@ -159,17 +189,20 @@ class Bridge:
                             consume(result)
                     continue
             batch.rejections.append(result)
-            batch.dead.append(
-                DeadLetter.make(
-                    topic=m.topic,
-                    payload=m.payload,
-                    received_ts=m.received_ts,
-                    reason=result.reason.value,
-                    detail=result.detail,
-                    device_id=result.device_id,
-                    seq=result.seq,
+            if self._dead_letter_budget.take(result.device_id or m.topic[:96], m.received_ts):
+                batch.dead.append(
+                    DeadLetter.make(
+                        topic=m.topic,
+                        payload=m.payload,
+                        received_ts=m.received_ts,
+                        reason=result.reason.value,
+                        detail=result.detail,
+                        device_id=result.device_id,
+                        seq=result.seq,
+                    )
                 )
-            )
+            else:
+                self.metrics.dead_letters_suppressed.inc()
         self._pending += len(messages)
         self.metrics.pending.set(self._pending)
         self._nonempty.set()

@@ -205,6 +205,7 @@ async def run_ingest(
             batch_max_rows=settings.batch_max_rows,
             batch_max_delay_s=settings.batch_max_delay_ms / 1000,
             max_pending=settings.max_pending_messages,
+            dead_letters_per_min=settings.dead_letters_per_device_per_min,
             write_timeout_s=settings.db_write_timeout_s,
             consumers=consumers,
             on_durable=on_durable,

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     batch_max_rows: int = Field(default=2000, ge=1)
     batch_max_delay_ms: float = Field(default=5.0, ge=0)
     max_pending_messages: int = Field(default=20_000, ge=10)
+    # Refused messages kept as dead letters per device (or bad topic) per minute; the rest
+    # are counted only, so a flooding device cannot fill the database.
+    dead_letters_per_device_per_min: float = Field(default=120.0, gt=0)
     max_payload_bytes: int = 64 * 1024
     max_future_skew_s: float = 300.0
     spool_dir: Path = Path("var/spool")

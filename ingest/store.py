@@ -16,8 +16,8 @@ the idempotency key is identical whichever path wrote a row.
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,12 +61,10 @@ class DeadLetter(msgspec.Struct, frozen=True):
         device_id: str | None,
         seq: int | None,
     ) -> DeadLetter:
-        digest = hashlib.blake2b(digest_size=16)
-        digest.update(struct.pack("!d", received_ts))
-        digest.update(topic.encode(errors="replace"))
-        digest.update(payload)
         return cls(
-            key=digest.digest(),
+            # A fresh random key per refusal: identical payloads refused in the same socket
+            # read stay separate rows, while a spool replay (which stores the key) is a no-op.
+            key=os.urandom(16),
             received_ts=received_ts,
             topic=topic[:512],
             device_id=device_id,

@@ -12,6 +12,7 @@ import psycopg
 
 from devices.readings import SosPress
 from ingest.http import create_app
+from ingest.pipeline import TokenBuckets
 from ingest.service import run_ingest
 from tests.fixtures.services import Publisher, eventually, register_devices
 from tests.ingest.helpers import bridge_settings, payload, vitals
@@ -220,5 +221,44 @@ async def test_duplicates_stored_once_and_replayed_seq_refused(
             cur = await db.execute("SELECT reason FROM dead_letters WHERE device_id = %s", (dev,))
             assert [r[0] for r in await cur.fetchall()] == ["replayed_seq"]
             assert rt.metrics.registry.get_sample_value("carecall_ingest_duplicates_total") == 1
+    finally:
+        pub.close()
+
+
+def test_token_buckets_refill_and_bound() -> None:
+    buckets = TokenBuckets(rate_per_s=1.0, burst=3.0, max_keys=2)
+    assert [buckets.take("a", 100.0) for _ in range(4)] == [True, True, True, False]
+    assert buckets.take("a", 101.0) is True  # one token back after a second
+    assert buckets.take("a", 101.0) is False
+    assert buckets.take("b", 101.0) and buckets.take("c", 101.0)  # still bounded in keys
+
+
+async def test_a_flooding_device_cannot_fill_the_dead_letters(
+    migrated_db: str,
+    db,
+    uid: str,
+    spool_dir: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    dev = f"{uid}-flood"
+    register_devices(migrated_db, [dev])
+    settings = bridge_settings(migrated_db, uid, spool_dir, dead_letters_per_device_per_min=60)
+    topic = f"{settings.topic_root}/{dev}/vitals"
+    pub = Publisher()
+    try:
+        async with run_ingest(settings) as rt:
+            await rt.source.client.wait_connected(5)
+            await asyncio.sleep(0.2)
+            await asyncio.to_thread(pub.publish_many, [(topic, b"garbage")] * 300)
+            await eventually(lambda: rt.bridge._pending == 0)
+            registry = rt.metrics.registry
+            rejected = registry.get_sample_value(
+                "carecall_ingest_messages_rejected_total", {"reason": "malformed"}
+            )
+            suppressed = registry.get_sample_value("carecall_ingest_dead_letters_suppressed_total")
+            cur = await db.execute("SELECT count(*) FROM dead_letters WHERE device_id = %s", (dev,))
+            (kept,) = await cur.fetchone()
+            assert rejected == 300  # every one counted and refused
+            assert 15 <= kept <= 25  # a burst of 15, then one a second
+            assert kept + suppressed == 300
     finally:
         pub.close()
