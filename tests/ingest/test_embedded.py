@@ -22,7 +22,7 @@ from tests.fixtures.services import REPO, free_port, wait_port
 
 def _get(url: str) -> tuple[int, dict]:  # type: ignore[type-arg]
     try:
-        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=2) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
