@@ -7,7 +7,8 @@ needs from the :class:`~ingest.service.Runtime` (pool, settings values, live lan
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
@@ -25,4 +26,35 @@ class Feature:
     tags: list[str] = field(default_factory=list)
 
 
-FEATURES: list[Feature] = []
+def registry_feature() -> Feature:
+    """Areas, residents, devices, staff, auth, audit and presence (devices/)."""
+    from devices.feature import RegistryConfig, RegistryService  # noqa: PLC0415
+
+    service = RegistryService()
+
+    @contextlib.asynccontextmanager
+    async def run(rt: Runtime) -> AsyncIterator[None]:
+        s = rt.settings
+        config = RegistryConfig(
+            heartbeat_s=s.presence_heartbeat_s,
+            missed_heartbeats=s.presence_missed_heartbeats,
+            presence_check_interval_s=s.presence_check_interval_s,
+            battery_low_pct=s.battery_low_pct,
+            battery_hysteresis_pct=s.battery_hysteresis_pct,
+            login_free_failures=s.login_free_failures,
+            login_failure_window_s=s.login_failure_window_s,
+            login_lockout_base_s=s.login_lockout_base_s,
+            login_lockout_max_s=s.login_lockout_max_s,
+        )
+        async with service.run(
+            pool=rt.pool, add_consumer=rt.add_consumer, spawn=rt.spawn, config=config
+        ):
+            # Features after this one (alerts) subscribe to presence changes.
+            rt.services["registry"] = service
+            rt.services["presence"] = service.presence
+            yield
+
+    return Feature(name="registry", routers=service.routers, run=run, tags=["registry"])
+
+
+FEATURES: list[Feature] = [registry_feature()]

@@ -65,6 +65,8 @@ class Runtime:
     embedded: list[str] = field(default_factory=list)
     started_ts: float = field(default_factory=time.time)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Feature services by name, for their routers (e.g. ``services["alerts"]``).
+    services: dict[str, Any] = field(default_factory=dict)
 
     def add_consumer(self, consume: Callable[[Reading], None]) -> None:
         """Receive every new valid reading, in arrival order, on the event loop. Keep it

@@ -9,7 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEV_SECRET = "change-me-dev-only"  # noqa: S105 - the placeholder that is refused in production
+# The development placeholder: refused in production. 32+ bytes, as HS256 keys should be.
+DEV_SECRET = "change-me-development-only-not-a-secret"  # noqa: S105
 
 
 class Settings(BaseSettings):
