@@ -58,8 +58,9 @@ def _gmqtt(port: int, n: int, procs: int, held: bool, out: Any) -> None:
                 count()
                 return 0
 
-        c = Client(f"bm-gmqtt-{int(held)}", optimistic_acknowledgement=not held,
-                   session_expiry_interval=60)
+        c = Client(
+            f"bm-gmqtt-{int(held)}", optimistic_acknowledgement=not held, session_expiry_interval=60
+        )
         c.on_message = on_message
         await c.connect("127.0.0.1", port)
         c.subscribe(f"{root}/+/+", qos=1)
@@ -81,8 +82,12 @@ def _paho(port: int, n: int, procs: int, held: bool, out: Any) -> None:
     root = f"bm-paho-{int(held)}/carecall/v1"
     state = {"got": 0, "first": 0.0, "last": 0.0}
     done = threading.Event()
-    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bm-paho-{int(held)}",
-                    protocol=paho.MQTTv5, manual_ack=held)
+    c = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"bm-paho-{int(held)}",
+        protocol=paho.MQTTv5,
+        manual_ack=held,
+    )
 
     def on_message(client: Any, _u: Any, msg: Any) -> None:
         if held:
@@ -172,8 +177,9 @@ def main() -> int:
     top = results["gmqtt_optimistic_not_durable"]
     for name, rate in results.items():
         print(f"{name:32} {rate:>10,.0f} msg/s  {rate / top:5.2f}x gmqtt optimistic")
-    print(json.dumps({k: round(v) for k, v in results.items()} | {"messages": n,
-                                                                   "publishers": procs}))
+    print(
+        json.dumps({k: round(v) for k, v in results.items()} | {"messages": n, "publishers": procs})
+    )
     return 0
 
 

@@ -120,6 +120,10 @@ TOOLS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
         "import devices from a CSV file",
         _delegate("devices.importer", "import_devices_main"),
     ),
+    "simulate": (
+        "play a simulated town over MQTT (--report: score the incidents raised)",
+        _delegate("simulator.cli", "simulate_main"),
+    ),
     "broker-config": (
         "write Mosquitto's password and ACL files from the registry (--reload: SIGHUP it)",
         _broker_config,
