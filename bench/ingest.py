@@ -23,6 +23,7 @@ import multiprocessing as mp
 import os
 import resource
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import nodered_peer
 from ingest.mqtt import (
     PUBACK,
     encode_connect,
@@ -74,7 +76,7 @@ def accel_payload(dev: int, seq: int, ts: float, samples: int) -> bytes:
     data = _ACCEL_CACHE.get(samples)
     if data is None:
         rng = np.random.default_rng(samples)
-        counts = (rng.normal(0, 30, (samples, 3)) + [0, -256, 0]).astype("<i2")
+        counts = (rng.normal(0, 30, (samples, 3)) + np.array([0, -256, 0])).astype("<i2")
         data = _ACCEL_CACHE[samples] = base64.b64encode(counts.tobytes()).decode()
     return (
         b'{"ts":%.3f,"seq":%d,"rate_hz":%d,"enc":"i16le","g_per_count":0.00390625,'
@@ -83,9 +85,17 @@ def accel_payload(dev: int, seq: int, ts: float, samples: int) -> bytes:
 
 
 def publisher(
-    port: int, root: str, worker: int, n: int, kind: str, samples: int, start: Any
+    port: int,
+    root: str,
+    worker: int,
+    n: int,
+    kind: str,
+    samples: int,
+    start: Any,
+    rate_per_s: float | None = None,
 ) -> None:
-    """Raw MQTT 5 publisher: QoS 1 frames written in bulk with a window of unacked ones."""
+    """Raw MQTT 5 publisher: QoS 1 frames written in bulk with a window of unacked ones,
+    as fast as possible or paced at ``rate_per_s``."""
     sock = socket.create_connection(("127.0.0.1", port))
     sock.sendall(
         encode_connect(
@@ -101,10 +111,13 @@ def publisher(
     window = 2000
     buf = bytearray()
     sent = acked = 0
-    now = time.time()
+    now = t0 = time.time()
+    if rate_per_s:
+        sock.settimeout(0.005)
     while acked < n:
+        allowed = n if not rate_per_s else min(n, int((time.time() - t0) * rate_per_s) + 1)
         chunk = []
-        while sent < n and sent - acked < window and len(chunk) < 200:
+        while sent < allowed and sent - acked < window and len(chunk) < 200:
             i = sent
             dev = (i * 7919 + worker) % N_DEVICES
             seq = worker * 10_000_000 + i
@@ -118,7 +131,13 @@ def publisher(
             sent += 1
         if chunk:
             sock.sendall(b"".join(chunk))
-        data = sock.recv(1 << 16)
+        if sent == acked:
+            time.sleep(0.001)  # paced and ahead of schedule: nothing to wait for
+            continue
+        try:
+            data = sock.recv(1 << 16)
+        except TimeoutError:
+            continue
         if not data:
             raise RuntimeError("broker closed the publisher")
         buf += data
@@ -129,12 +148,19 @@ def publisher(
 
 
 def run_publishers(
-    port: int, root: str, n: int, procs: int, kind: str = "vitals", samples: int = 0
+    port: int,
+    root: str,
+    n: int,
+    procs: int,
+    kind: str = "vitals",
+    samples: int = 0,
+    rate_per_s: float | None = None,
 ) -> list[mp.Process]:
     start = mp.get_context("fork").Event()
+    each = rate_per_s / procs if rate_per_s else None
     ps = [
         mp.get_context("fork").Process(
-            target=publisher, args=(port, root, w, n // procs, kind, samples, start)
+            target=publisher, args=(port, root, w, n // procs, kind, samples, start, each)
         )
         for w in range(procs)
     ]
@@ -224,13 +250,21 @@ def own_client_ceiling(port: int, n: int, procs: int, out: Any) -> None:
 
 # -- (b)/(c) the durable pipeline ---------------------------------------------------------------
 def pipeline(
-    port: int, db_url: str, n: int, procs: int, kind: str, samples: int, spool: str, out: Any
+    port: int,
+    db_url: str,
+    n: int,
+    procs: int,
+    kind: str,
+    samples: int,
+    spool: str,
+    rate_per_s: float | None,
+    out: Any,
 ) -> None:
     from ingest.service import run_ingest  # noqa: PLC0415
     from ingest.settings import Settings  # noqa: PLC0415
 
     async def main() -> None:
-        tag = f"b{kind[:1]}{samples}"
+        tag = f"b{kind[:1]}{samples}{'p' if rate_per_s else ''}"
         root = f"bench-{tag}/carecall/v1"
         settings = Settings(
             environment="test",
@@ -263,7 +297,7 @@ def pipeline(
             await rt.source.client.wait_connected(10)
             await asyncio.sleep(0.5)
             rss_before = current_rss_mb()
-            ps = run_publishers(port, root, n, procs, kind, samples)
+            ps = run_publishers(port, root, n, procs, kind, samples, rate_per_s)
 
             async def sample_rss() -> None:
                 while not finished.is_set():
@@ -305,32 +339,47 @@ def phase(target: Any, *args: Any) -> dict[str, Any]:
     return result
 
 
+async def _migrate_db(db_url: str) -> None:
+    import psycopg  # noqa: PLC0415
+
+    from ingest.migrate import migrate  # noqa: PLC0415
+
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
+        await migrate(c)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=200_000)
     ap.add_argument("--accel-windows", type=int, default=40_000)
     ap.add_argument("--publishers", type=int, default=2)
+    ap.add_argument("--paced-rate", type=int, default=5000, help="msg/s for the latency phase")
+    ap.add_argument("--no-nodered", action="store_true", help="skip the Node-RED peer")
     args = ap.parse_args()
     n, procs = args.messages, args.publishers
     with tempfile.TemporaryDirectory() as tmp, scratch_database("carecall_bench") as db_url:
         broker = Mosquitto(Path(tmp) / "mosquitto")
         broker.start()
         try:
-            import psycopg  # noqa: PLC0415
-
-            from ingest.migrate import migrate  # noqa: PLC0415
-
-            async def _migrate() -> None:
-                async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
-                    await migrate(c)
-
-            asyncio.run(_migrate())
+            asyncio.run(_migrate_db(db_url))
             register_devices(db_url, [f"bench-{i}" for i in range(N_DEVICES)])
             results: dict[str, Any] = {}
             results["a_gmqtt_ceiling"] = phase(gmqtt_ceiling, broker.port, n, procs)
             results["a2_own_client_ceiling"] = phase(own_client_ceiling, broker.port, n, procs)
             results["b_pipeline_vitals"] = phase(
-                pipeline, broker.port, db_url, n, procs, "vitals", 0, f"{tmp}/spool-b"
+                pipeline, broker.port, db_url, n, procs, "vitals", 0, f"{tmp}/spool-b", None
+            )
+            # Latency below saturation: the same pipeline at a paced, sustainable rate.
+            results["b2_pipeline_vitals_paced"] = phase(
+                pipeline,
+                broker.port,
+                db_url,
+                args.paced_rate * 10,
+                procs,
+                "vitals",
+                0,
+                f"{tmp}/spool-b2",
+                args.paced_rate,
             )
             for samples in (50, 200):
                 results[f"c_pipeline_accel_{samples}"] = phase(
@@ -342,7 +391,17 @@ def main() -> int:
                     "accel",
                     samples,
                     f"{tmp}/spool-c{samples}",
+                    None,
                 )
+            if nodered_peer.available() and not args.no_nodered:
+                with scratch_database("carecall_bench_nr") as nr_db:
+                    asyncio.run(_migrate_db(nr_db))
+                    try:
+                        results["d_nodered_peer"] = nodered_peer.run(
+                            broker.port, nr_db, n, procs
+                        ) | {"peak_rss_mb": float("nan")}
+                    except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+                        print(f"Node-RED peer not measured: {exc}", file=sys.stderr)
         finally:
             broker.kill()
     a = results["a_gmqtt_ceiling"]["msgs_per_s"]
@@ -372,7 +431,17 @@ def main() -> int:
         "accel50_samples_per_s": round(results["c_pipeline_accel_50"]["samples_per_s"]),
         "accel200_samples_per_s": round(results["c_pipeline_accel_200"]["samples_per_s"]),
         "accel200_windows_per_s": round(results["c_pipeline_accel_200"]["msgs_per_s"]),
+        "pipeline_over_own_client_ceiling": round(
+            b["msgs_per_s"] / results["a2_own_client_ceiling"]["msgs_per_s"], 3
+        ),
+        "paced_rate_msgs_per_s": args.paced_rate,
+        "paced_p50_ms": round(results["b2_pipeline_vitals_paced"]["p50_ms"], 2),
+        "paced_p99_ms": round(results["b2_pipeline_vitals_paced"]["p99_ms"], 2),
     }
+    if "d_nodered_peer" in results:
+        nr = results["d_nodered_peer"]["msgs_per_s"]
+        summary["nodered_msgs_per_s_not_durable"] = round(nr)
+        summary["carecall_over_nodered"] = round(b["msgs_per_s"] / nr, 3)
     print(json.dumps(summary))
     return 0
 
