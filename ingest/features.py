@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter
+from pydantic import SecretStr
 
 from ingest.service import Runtime
 
@@ -58,3 +59,99 @@ def registry_feature() -> Feature:
 
 
 FEATURES: list[Feature] = [registry_feature()]
+
+
+@contextlib.asynccontextmanager
+async def _run_alerts(rt: Runtime) -> AsyncIterator[None]:
+    """Alerts: the rule runner on the ingest stream, incidents, escalation, channels."""
+    from alerts.engine import EngineConfig  # noqa: PLC0415 - keep start-up imports lazy
+    from alerts.setup import alert_engine  # noqa: PLC0415
+
+    s = rt.settings
+
+    def secret(v: SecretStr | None) -> str | None:
+        return None if v is None else v.get_secret_value()
+
+    config = EngineConfig(
+        cancel_window_s=s.alerts_cancel_window_s,
+        queue_size=s.alerts_queue_size,
+        tick_interval_s=s.alerts_tick_interval_s,
+        escalation_interval_s=s.alerts_escalation_interval_s,
+        db_timeout_s=s.db_connect_timeout_s,
+        gateway_callback_secret=secret(s.alerts_gateway_callback_secret),
+    )
+    async with alert_engine(
+        pool=rt.pool,
+        conninfo=rt.conninfo,
+        registry=rt.metrics.registry,
+        config=config,
+        live_lane=rt.live_lane,
+        presence=rt.services.get("presence"),  # the registry feature's tracker, if it runs
+        rules_path=s.alerts_rules_path,
+        channel_timeout_s=s.alerts_channel_timeout_s,
+        webhook_url=s.alerts_webhook_url,
+        webhook_secret=secret(s.alerts_webhook_secret),
+        gateway_url=s.alerts_gateway_url,
+        gateway_api_key=secret(s.alerts_gateway_api_key),
+        public_url=s.alerts_public_url,
+    ) as engine:
+        rt.services["alerts"] = engine
+        rt.add_consumer(engine.consume)
+        if s.alerts_urgent_lane:
+            rt.spawn(_urgent_lane(rt), "alerts.urgent.urgent_loop")
+        async with engine.running(on_failure=lambda _exc: rt.failed.set()):
+            yield
+
+
+async def _urgent_lane(rt: Runtime) -> None:
+    from alerts.live import Urgent  # noqa: PLC0415
+    from alerts.urgent import urgent_loop  # noqa: PLC0415
+    from devices.readings import HomeEvent, SensorType, SosPress  # noqa: PLC0415
+    from ingest.decode import Limits, decode  # noqa: PLC0415
+
+    s = rt.settings
+    limits = Limits(
+        max_payload_bytes=s.max_payload_bytes,
+        max_future_skew_s=s.max_future_skew_s,
+        max_age_s=s.max_age_s,
+    )
+
+    def decode_urgent(topic: str, payload: bytes, received_ts: float) -> Urgent | None:
+        r = decode(topic, payload, received_ts, root=s.topic_root, limits=limits)
+        if not (
+            isinstance(r, SosPress)
+            or (
+                isinstance(r, HomeEvent)
+                and r.sensor in (SensorType.SMOKE, SensorType.GAS)
+                and r.state == "alarm"
+            )
+        ):
+            return None
+        # The bridge's own checks, on the same memory: an unknown device or a replayed
+        # sequence number is refused here too, and whichever lane sees a press first is the
+        # one that hands it over (the other sees a duplicate).
+        if rt.bridge.validator.check(r, topic, received_ts) is not False:
+            return None
+        return r
+
+    await urgent_loop(
+        host=rt.mqtt_host,
+        port=rt.mqtt_port,
+        topic_root=s.topic_root,
+        client_id=f"{s.mqtt_client_id}-urgent",
+        decode=decode_urgent,
+        offer=rt.live_lane.offer,
+        username=s.mqtt_username,
+        password=s.mqtt_password.get_secret_value() if s.mqtt_password else None,
+        mqtt_v5="mqtt" not in rt.embedded,
+    )
+
+
+def _alerts_routers() -> list[APIRouter]:
+    from alerts.api import routers  # noqa: PLC0415
+
+    return routers()
+
+
+ALERTS = Feature(name="alerts", routers=_alerts_routers, run=_run_alerts, tags=["alerts"])
+FEATURES.append(ALERTS)

@@ -67,6 +67,23 @@ class Settings(BaseSettings):
 
     embedded_dir: Path = Path("var/embedded")
 
+    # Alerts (docs/alerts.md). None for a URL: that channel is off.
+    alerts_rules_path: Path | None = None  # None: alerts/rules/default_rules.yaml
+    alerts_cancel_window_s: float = Field(default=60.0, ge=0)
+    alerts_tick_interval_s: float = Field(default=5.0, gt=0)
+    alerts_escalation_interval_s: float = Field(default=1.0, gt=0)
+    alerts_queue_size: int = Field(default=50_000, ge=100)
+    alerts_channel_timeout_s: float = Field(default=30.0, gt=0)
+    # A second MQTT subscription for SOS and home alarms only, so a telemetry backlog never
+    # delays showing them (docs/alerts.md, "Urgent lane").
+    alerts_urgent_lane: bool = True
+    alerts_webhook_url: str | None = None
+    alerts_webhook_secret: SecretStr | None = None
+    alerts_gateway_url: str | None = None
+    alerts_gateway_api_key: SecretStr | None = None
+    alerts_gateway_callback_secret: SecretStr | None = None
+    alerts_public_url: str = "http://127.0.0.1:8080"  # where the gateway posts call results
+
     # Failed logins (devices/login.py): after login_free_failures failures within
     # login_failure_window_s, a username or source IP is locked out for login_lockout_base_s,
     # doubling with every further failure up to login_lockout_max_s.
