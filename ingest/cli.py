@@ -124,6 +124,10 @@ TOOLS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
         "play a simulated town over MQTT (--report: score the incidents raised)",
         _delegate("simulator.cli", "simulate_main"),
     ),
+    "create-staff": (
+        "create (or reset) a staff user, e.g. the first admin",
+        _delegate("devices.bootstrap", "create_staff_main"),
+    ),
     "broker-config": (
         "write Mosquitto's password and ACL files from the registry (--reload: SIGHUP it)",
         _broker_config,
