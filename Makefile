@@ -46,8 +46,12 @@ format: setup ## apply the formatter and safe lint fixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: setup services ## run the benchmarks and print their figures
+bench: setup services ## run the benchmarks and print their figures (about 15 minutes)
 	$(PY) bench/ingest.py
+	$(PY) bench/mqtt_clients.py
+	$(PY) bench/rules.py
+	$(PY) bench/alerts.py
+	$(PY) bench/fall_cv.py
 
 clean: ## remove the venv and local state
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
