@@ -124,6 +124,10 @@ TOOLS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
         "play a simulated town over MQTT (--report: score the incidents raised)",
         _delegate("simulator.cli", "simulate_main"),
     ),
+    "demo": (
+        "the server, a demo town in the registry and the simulator playing it (development)",
+        _delegate("ingest.demo", "demo_main"),
+    ),
     "create-staff": (
         "create (or reset) a staff user, e.g. the first admin",
         _delegate("devices.bootstrap", "create_staff_main"),

@@ -25,18 +25,21 @@ seconds of such blocks is all the history it holds. Because blocks are aligned t
 to windows, the same samples give the same blocks however the device cut them into windows,
 and a 20 Hz and a 200 Hz stream give comparable features. Impacts are found on the raw
 samples of the window being fed (exact peak time); each impact becomes a small pending record
-that is completed when the blocks it needs have arrived. ``FallDetectorBank`` feeds many
-devices' windows at once, with the same results, to spread the fixed cost of numpy calls.
-See ``docs/fall-detection.md``.
+that is completed when the blocks it needs have arrived.
+
+Many devices. ``FallDetectorBank`` keeps every device's state in shared numpy columns
+indexed by a slot (about 600 bytes a device, no Python object per device) and feeds many
+devices' windows at once, bit for bit with the same results as one at a time, to spread the
+fixed cost of numpy calls. ``FallDetector`` is a one-slot bank. See
+``docs/fall-detection.md``.
 """
 
 from __future__ import annotations
 
 import math
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Final
+from typing import Any, Final, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -72,6 +75,10 @@ _T_TS, _T_PEAK = 0, 1
 # impact area (g s).
 _P_GX, _P_GY, _P_GZ, _P_FF, _P_PREVAR, _P_STAGE, _P_AREA = range(7)
 _PCOLS: Final = 7
+_NO_PEND_TS: Final = np.zeros((0, 2), dtype=np.float64)
+_NO_PEND: Final = np.zeros((0, _PCOLS), dtype=np.float32)
+# Below this many windows, feed_many takes the per-device path (numpy's fixed costs win).
+_MIN_BATCH: Final = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,11 +221,409 @@ def _block_of(t_s: float) -> int:
     return math.floor(t_s / BLOCK_S + _TIME_TIE_S / BLOCK_S)
 
 
-class FallDetector:
-    """Per-device streaming fall detector; feed it windows in time order."""
+def _magnitude2(acc: FloatArray) -> FloatArray:
+    """|a|^2 of each sample of (..., 3) samples, as x*x + y*y + z*z in that order.
 
-    # Slots: thousands of these live in one process, one per device.
+    Elementwise, so a window gives bit for bit the same values alone and inside a batch (a
+    BLAS dot product may sum in another order depending on the shape it is given).
+    """
+    sq = acc * acc
+    m2: FloatArray = sq[..., 0] + sq[..., 1]
+    m2 += sq[..., 2]
+    return m2
+
+
+def ring_len_for(params: FallParams) -> int:
+    """Blocks of history a detector with these parameters keeps."""
+    p = params
+    piece_s = _MAX_PIECE_S + 2 * BLOCK_S
+    span_s = max(
+        p.pre_start_s + p.peak_search_s + piece_s,
+        p.freefall_window_s + p.peak_search_s + piece_s,
+        p.stillness_s + piece_s,
+    )
+    return math.ceil(span_s / BLOCK_S) + 1
+
+
+def _episode_capacity(params: FallParams) -> int:
+    # At most one episode has its peak search open (the newest); the others wait for their
+    # blocks. Their number is bounded because episodes start peak_search_s apart.
+    p = params
+    span_s = p.peak_search_s + p.stillness_delay_s + p.stillness_s + 2 * BLOCK_S
+    return math.ceil(span_s / p.peak_search_s) + 1
+
+
+class _Episodes:
+    """Impact episodes under way on one device. Most devices have none, so these records
+    are kept apart from the bank's columns and exist only while an episode is pending."""
+
+    __slots__ = ("n_pend", "open_end_s", "pend", "pend_ts")
+
+    def __init__(
+        self,
+        pend_ts: FloatArray,
+        pend: npt.NDArray[np.float32],
+        n_pend: int,
+        open_end_s: float,
+    ) -> None:
+        self.pend_ts = pend_ts  # float64 (cap, 2): peak time (epoch s), peak |a|^2
+        self.pend = pend  # float32 (cap, _PCOLS): see _P_*
+        self.n_pend = n_pend
+        self.open_end_s = open_end_s  # end of the newest episode's peak search
+
+
+class FallDetectorBank:
+    """The fall-detector state of many devices, in shared columns indexed by a slot.
+
+    Per device: a ring of 0.2 s blocks (float32), the block being filled (float64 sums),
+    and a few scalars, about 600 bytes in all with no per-device Python object; pending
+    impact episodes (rare) are small records that exist only while they last.
+
+    ``feed`` takes one device's window. ``feed_many`` takes one window for each of many
+    devices (same rate and length): the common case -- a quiet window (nothing above
+    ``trigger_g``, no episode under way, no overlap) -- is reduced to blocks and stored for
+    the whole batch in one set of numpy calls, whatever each window's start time; every
+    other window goes through ``feed``. Both give bit for bit the same state and events as
+    feeding each device alone (the tests hold them to it).
+
+    All devices of a bank share one ring length (``ring_len_for(params)``); parameters that
+    need another length belong in another bank.
+    """
+
     __slots__ = (
+        "_busy",
+        "_episode_caps",
+        "_episodes",
+        "_free",
+        "_have_blocks",
+        "_last_event_ts",
+        "_last_t_s",
+        "_n_slots",
+        "_newest_block",
+        "_params",
+        "_params_ids",
+        "_params_index",
+        "_part",
+        "_part_block",
+        "_part_open",
+        "_ring",
+        "_trigger2",
+        "decide",
+        "ring_len",
+    )
+
+    def __init__(
+        self,
+        n_devices: int = 0,
+        params: FallParams = FallParams(),
+        *,
+        capacity: int = 64,
+        ring_len: int | None = None,
+    ) -> None:
+        self.ring_len = ring_len_for(params) if ring_len is None else ring_len
+        self._params: list[FallParams] = []
+        self._episode_caps: list[int] = []
+        self._params_ids: dict[FallParams, int] = {}
+        self._trigger2 = np.zeros(0, dtype=np.float64)  # per registered parameter set
+        self._episodes: dict[int, _Episodes] = {}
+        self._free: list[int] = []
+        self._n_slots = 0
+        self.decide: Callable[[FallParams, float, Mapping[str, float]], bool] = fall_rule
+        """The decision on one episode's figures; the tuning bench swaps in a recorder."""
+        self._allocate(max(1, capacity, n_devices))
+        for _ in range(n_devices):
+            self.add_device(params)
+
+    # -- slots ---------------------------------------------------------------------------
+    def _columns(self) -> tuple[npt.NDArray[Any], ...]:
+        return (
+            self._ring,
+            self._part,
+            self._part_block,
+            self._newest_block,
+            self._last_t_s,
+            self._last_event_ts,
+            self._have_blocks,
+            self._part_open,
+            self._busy,
+            self._params_index,
+        )
+
+    def _allocate(self, capacity: int) -> None:
+        self._ring = np.empty((capacity, self.ring_len, _NCOLS), dtype=np.float32)
+        self._part = np.zeros((capacity, _NCOLS), dtype=np.float64)  # the open block's sums
+        self._part_block = np.full(capacity, -1, dtype=np.int64)  # the open block's id
+        self._newest_block = np.full(capacity, -1, dtype=np.int64)  # last complete block
+        self._last_t_s = np.full(capacity, -np.inf)  # time of the last accepted sample
+        self._last_event_ts = np.full(capacity, -np.inf)  # impact of the last fall reported
+        self._have_blocks = np.zeros(capacity, dtype=np.bool_)
+        self._part_open = np.zeros(capacity, dtype=np.bool_)
+        self._busy = np.zeros(capacity, dtype=np.bool_)  # an episode is pending
+        self._params_index = np.zeros(capacity, dtype=np.int16)
+        self._ring[:] = _EMPTY_BLOCK
+
+    def _grow(self) -> None:
+        # By a quarter, like the vitals columns: spare capacity within 25 %.
+        old = self._columns()
+        self._allocate(old[0].shape[0] + max(64, old[0].shape[0] // 4))
+        for column, kept in zip(self._columns(), old, strict=True):
+            column[: kept.shape[0]] = kept
+
+    @property
+    def capacity(self) -> int:
+        """Slots allocated (grows by a quarter when full)."""
+        return int(self._ring.shape[0])
+
+    def __len__(self) -> int:
+        return self._n_slots - len(self._free)
+
+    def _params_id(self, params: FallParams) -> int:
+        found = self._params_ids.get(params)
+        if found is not None:
+            return found
+        if ring_len_for(params) != self.ring_len:
+            raise ValueError(
+                f"these parameters need a ring of {ring_len_for(params)} blocks, "
+                f"this bank has {self.ring_len}"
+            )
+        self._params.append(params)
+        self._episode_caps.append(_episode_capacity(params))
+        self._trigger2 = np.append(self._trigger2, params.trigger_g**2)
+        self._params_ids[params] = len(self._params) - 1
+        return len(self._params) - 1
+
+    def add_device(self, params: FallParams = FallParams()) -> int:
+        """A slot for a new device, with empty history; returns the slot."""
+        params_id = self._params_id(params)
+        if self._free:
+            slot = self._free.pop()
+        else:
+            if self._n_slots == self.capacity:
+                self._grow()
+            slot = self._n_slots
+            self._n_slots += 1
+        self._reset(slot)
+        self._params_index[slot] = params_id
+        return slot
+
+    def release(self, slot: int) -> None:
+        """Give a device's slot back (its state is forgotten; the slot will be reused)."""
+        self._reset(slot)
+        self._free.append(slot)
+
+    def set_params(self, slot: int, params: FallParams) -> None:
+        """Give one device its own thresholds (its history starts afresh)."""
+        params_id = self._params_id(params)
+        self._reset(slot)
+        self._params_index[slot] = params_id
+
+    def params_of(self, slot: int) -> FallParams:
+        """The parameters a slot's device is checked against."""
+        return self._params[int(self._params_index[slot])]
+
+    def _reset(self, slot: int) -> None:
+        self._ring[slot] = _EMPTY_BLOCK
+        self._part[slot] = 0.0
+        self._part_block[slot] = -1
+        self._newest_block[slot] = -1
+        self._last_t_s[slot] = -np.inf
+        self._last_event_ts[slot] = -np.inf
+        self._have_blocks[slot] = False
+        self._part_open[slot] = False
+        self._busy[slot] = False
+        self._episodes.pop(slot, None)
+
+    def state_nbytes(self, slot: int | None = None) -> int:
+        """Bytes of state per device in the shared columns, plus, for ``slot``, its pending
+        episodes (none most of the time). Python object headers are shared by all slots."""
+        dense = sum(c.itemsize * (c.size // c.shape[0]) for c in self._columns())
+        episodes = self._episodes.get(slot) if slot is not None else None
+        if episodes is not None:
+            dense += episodes.pend.nbytes + episodes.pend_ts.nbytes + 8 * 2
+        return int(dense)
+
+    # -- feeding -------------------------------------------------------------------------
+    def feed(
+        self, slot: int, t0_s: float, rate_hz: float, samples_g: npt.ArrayLike
+    ) -> list[FallEvent]:
+        """Process one window of one device; see :meth:`FallDetector.feed`."""
+        if not (math.isfinite(rate_hz) and rate_hz > 0):
+            raise ValueError(f"rate_hz must be a positive number, got {rate_hz!r}")
+        if not math.isfinite(t0_s):
+            raise ValueError(f"t0_s must be finite, got {t0_s!r}")
+        acc = np.asarray(samples_g, dtype=np.float64)
+        if acc.ndim != 2 or acc.shape[1] != 3:
+            raise ValueError(f"samples_g must have shape (n, 3), got {acc.shape}")
+        events: list[FallEvent] = []
+        n = acc.shape[0]
+        if n == 0:
+            return events
+        piece = max(1, int(_MAX_PIECE_S * rate_hz))
+        state = _SlotState(self, slot)
+        for start in range(0, n, piece):
+            state.feed_piece(t0_s + start / rate_hz, rate_hz, acc[start : start + piece], events)
+        state.store()
+        return events
+
+    def feed_many(
+        self,
+        slots: Sequence[int] | npt.NDArray[np.intp],
+        t0_s: Sequence[float] | FloatArray,
+        rate_hz: float,
+        samples_g: npt.ArrayLike,
+    ) -> list[tuple[int, FallEvent]]:
+        """Feed window ``samples_g[i]`` (shape (k, n, 3)) starting at ``t0_s[i]`` to device
+        ``slots[i]``; all windows share ``rate_hz`` and length, and the slots must differ.
+        Returns (slot, event) pairs."""
+        if not (math.isfinite(rate_hz) and rate_hz > 0):
+            raise ValueError(f"rate_hz must be a positive number, got {rate_hz!r}")
+        acc = np.asarray(samples_g, dtype=np.float64)
+        starts = np.asarray(t0_s, dtype=np.float64)
+        slot_arr = np.asarray(slots, dtype=np.intp)
+        k = slot_arr.shape[0] if slot_arr.ndim == 1 else -1
+        if acc.ndim != 3 or acc.shape[0] != k or acc.shape[2] != 3 or starts.shape != (k,):
+            raise ValueError(
+                f"need slots (k,), t0_s (k,) and samples_g (k, n, 3); got {slot_arr.shape}, "
+                f"{starts.shape}, {acc.shape}"
+            )
+        # Refuse the batch before feeding any of it.
+        if not np.isfinite(starts).all():
+            raise ValueError("t0_s must be finite")
+        if k and (slot_arr.min() < 0 or slot_arr.max() >= self._n_slots):
+            raise ValueError("slots must be allocated slots of this bank")
+        if np.unique(slot_arr).size != k:
+            raise ValueError("a batch takes at most one window per device (slots must differ)")
+        n = acc.shape[1]
+        events: list[tuple[int, FallEvent]] = []
+        if k == 0 or n == 0:
+            return events
+        slow: Sequence[int] = range(k)
+        piece = max(1, int(_MAX_PIECE_S * rate_hz))
+        if k >= _MIN_BATCH and n <= piece and rate_hz >= 1.0 / BLOCK_S:  # one piece, no times
+            quiet = self._feed_quiet(slot_arr, starts, rate_hz, acc)
+            slow = np.flatnonzero(~quiet).tolist()
+        for i in slow:
+            slot = int(slot_arr[i])
+            events += [(slot, ev) for ev in self.feed(slot, float(starts[i]), rate_hz, acc[i])]
+        return events
+
+    def _feed_quiet(
+        self, slots: npt.NDArray[np.intp], t0_s: FloatArray, rate_hz: float, acc: FloatArray
+    ) -> npt.NDArray[np.bool_]:
+        """Store the windows that ``feed`` would merely reduce to blocks, all at once.
+
+        Each such window gets exactly the blocks ``_SlotState.ingest_blocks`` would give it
+        (same formulas, same summation order), and the ring, the open block and the scalars
+        end as ``_SlotState.store_blocks`` would leave them. Returns which windows were
+        handled; the others are left untouched for ``feed``.
+        """
+        n = acc.shape[1]
+        period_s = 1.0 / rate_hz
+        tie_blocks = _TIME_TIE_S / BLOCK_S
+        m2 = _magnitude2(acc)  # (k, n)
+        last_t = t0_s + (n - 1) * period_s
+        next_t = last_t + period_s
+        first = np.floor(t0_s / BLOCK_S + tie_blocks).astype(np.int64)
+        last = np.floor((next_t - 1.0 / rate_hz) / BLOCK_S + tie_blocks).astype(np.int64)
+        have = self._have_blocks[slots]
+        newest = np.where(have, self._newest_block[slots], np.iinfo(np.int64).min // 2)
+        part_open = self._part_open[slots]
+        part_block = self._part_block[slots]
+        with np.errstate(invalid="ignore"):
+            peaks = m2.max(axis=1)  # NaN for a window with a NaN row: never quiet
+            quiet: npt.NDArray[np.bool_] = (
+                (peaks < self._trigger2[self._params_index[slots]])
+                & ~self._busy[slots]
+                & (t0_s > self._last_t_s[slots] + 0.5 * period_s)
+                # Every block written lies past the newest one kept (no rewrite of a
+                # complete block after a jittered start): the plain case.
+                & (first > newest)
+                & (~part_open | ((first >= part_block) & (part_block > newest)))
+            )
+        if not quiet.any():
+            return quiet
+        if not quiet.all():
+            sel = np.flatnonzero(quiet)
+            slots, t0_s, acc, m2 = slots[sel], t0_s[sel], acc[sel], m2[sel]
+            last_t, next_t, first, last = last_t[sel], next_t[sel], first[sel], last[sel]
+            newest, part_open, part_block = newest[sel], part_open[sel], part_block[sel]
+        k = slots.shape[0]  # from here on, the quiet windows only
+
+        # Block sums, as in _SlotState.ingest_blocks, for all windows in one reduceat each.
+        n_blocks = last - first + 1
+        step = np.arange(int(n_blocks.max()))
+        block_ids = first[:, None] + step[None, :]
+        cut = np.ceil(((block_ids - tie_blocks) * BLOCK_S - t0_s[:, None]) * rate_hz)
+        cut[:, 0] = 0
+        valid = step[None, :] < n_blocks[:, None]
+        flat_starts = (cut.astype(np.int64) + (np.arange(k) * n)[:, None])[valid]
+        sums = np.empty((flat_starts.size, _NCOLS), dtype=np.float64)
+        sums[:, :3] = np.add.reduceat(acc.reshape(k * n, 3), flat_starts, axis=0)
+        flat_m2 = m2.reshape(k * n)
+        sums[:, _SM2] = np.add.reduceat(flat_m2, flat_starts)
+        sums[:-1, _N] = flat_starts[1:] - flat_starts[:-1]
+        sums[-1, _N] = k * n - flat_starts[-1]
+        sums[:, _MIN] = np.minimum.reduceat(flat_m2, flat_starts)
+        row_first = np.cumsum(n_blocks) - n_blocks
+
+        # The block left open by the previous window: continued, or complete and stored.
+        merge = part_open & (first == part_block)
+        if merge.any():
+            rows, owners = row_first[merge], slots[merge]
+            sums[rows, :_MIN] += self._part[owners, :_MIN]
+            sums[rows, _MIN] = np.minimum(sums[rows, _MIN], self._part[owners, _MIN])
+        flush = part_open & (first > part_block)
+
+        # The last block is complete if the next sample would belong to a later block.
+        last_complete = np.floor(next_t / BLOCK_S + tie_blocks).astype(np.int64) > last
+        n_complete = n_blocks - (~last_complete)
+        wrote = (n_complete > 0) | flush
+        newest_after = np.where(n_complete > 0, first + n_complete - 1, part_block)
+        ring_len = self.ring_len
+        ring = self._ring.reshape(-1, _NCOLS)  # a view: slot * ring_len + block % ring_len
+
+        # Blocks between the newest kept and the newest written read as empty unless
+        # written now (a gap, or a block with no samples); beyond one ring, all of it.
+        lo = np.maximum(newest + 1, newest_after - ring_len + 1)
+        n_clear = np.where(wrote, newest_after - lo + 1, 0)
+        total = int(n_clear.sum())
+        if total:
+            offs = np.repeat(np.cumsum(n_clear) - n_clear, n_clear)
+            ids = np.repeat(lo, n_clear) + (np.arange(total) - offs)
+            ring[np.repeat(slots, n_clear) * ring_len + ids % ring_len] = _EMPTY_BLOCK
+        keep_flush = flush & (part_block > newest_after - ring_len)
+        if keep_flush.any():
+            owners = slots[keep_flush]
+            ring[owners * ring_len + part_block[keep_flush] % ring_len] = self._part[owners]
+        total = int(n_complete.sum())
+        if total:
+            offs = np.repeat(np.cumsum(n_complete) - n_complete, n_complete)
+            within = np.arange(total) - offs
+            owner = np.repeat(np.arange(k), n_complete)
+            ids = first[owner] + within
+            ring[slots[owner] * ring_len + ids % ring_len] = sums[row_first[owner] + within]
+        self._newest_block[slots[wrote]] = newest_after[wrote]
+        self._have_blocks[slots[wrote]] = True
+
+        still_open = ~last_complete
+        owners = slots[still_open]
+        self._part[owners] = sums[(row_first + n_blocks - 1)[still_open]]
+        self._part_block[owners] = last[still_open]
+        self._part_open[slots] = still_open
+        self._last_t_s[slots] = last_t
+        return quiet
+
+
+class _SlotState:
+    """One device's fall state taken out of its bank for the duration of one window.
+
+    The ring and the open block are views into the bank's columns (written in place); the
+    scalars are plain Python values while the window is worked on and go back on ``store``.
+    This is the per-device path: any window, including impacts, overlaps and NaN rows.
+    """
+
+    __slots__ = (
+        "_bank",
         "_cap",
         "_have_blocks",
         "_last_event_ts",
@@ -233,104 +638,69 @@ class FallDetector:
         "_pend_ts",
         "_ring",
         "_ring_len",
+        "_slot",
         "_trigger2",
         "params",
     )
 
-    def __init__(self, params: FallParams = FallParams()) -> None:
-        self.params = params
-        p = params
-        self._trigger2 = p.trigger_g**2
-        piece_s = _MAX_PIECE_S + 2 * BLOCK_S
-        span_s = max(
-            p.pre_start_s + p.peak_search_s + piece_s,
-            p.freefall_window_s + p.peak_search_s + piece_s,
-            p.stillness_s + piece_s,
-        )
-        self._ring_len = math.ceil(span_s / BLOCK_S) + 1
-        # Blocks kept in float32: sums over <= 0.2 s of samples in g lose nothing that matters.
-        self._ring = np.tile(_EMPTY_BLOCK, (self._ring_len, 1))
-        self._newest_block = -1  # last complete block written to the ring; -1 = none yet
-        self._have_blocks = False
-        # The block being filled: its id and float64 running sums (same columns as the ring).
-        self._part_block = -1
-        self._part = np.zeros(_NCOLS, dtype=np.float64)
-        self._part_open = False
-        self._last_t_s = -math.inf  # time of the last accepted sample
-        # Episodes: at most one has its peak search open (the newest); the others wait for
-        # their blocks. Their number is bounded because episodes start peak_search_s apart.
-        self._cap = (
-            math.ceil(
-                (p.peak_search_s + p.stillness_delay_s + p.stillness_s + 2 * BLOCK_S)
-                / p.peak_search_s
+    def __init__(self, bank: FallDetectorBank, slot: int) -> None:
+        self._bank = bank
+        self._slot = slot
+        params_id = int(bank._params_index[slot])
+        self.params = bank._params[params_id]
+        self._trigger2 = float(bank._trigger2[params_id])
+        self._cap = bank._episode_caps[params_id]
+        self._ring_len = bank.ring_len
+        self._ring = bank._ring[slot]
+        self._part = bank._part[slot]
+        self._newest_block = int(bank._newest_block[slot])
+        self._have_blocks = bool(bank._have_blocks[slot])
+        self._part_block = int(bank._part_block[slot])
+        self._part_open = bool(bank._part_open[slot])
+        self._last_t_s = float(bank._last_t_s[slot])
+        self._last_event_ts = float(bank._last_event_ts[slot])
+        episodes = bank._episodes.get(slot)
+        if episodes is None:
+            self._pend_ts = _NO_PEND_TS  # allocated when an episode opens
+            self._pend = _NO_PEND
+            self._n_pend = 0
+            self._open_end_s = -math.inf
+        else:
+            self._pend_ts, self._pend = episodes.pend_ts, episodes.pend
+            self._n_pend = episodes.n_pend
+            self._open_end_s = episodes.open_end_s
+
+    def store(self) -> None:
+        bank, slot = self._bank, self._slot
+        bank._newest_block[slot] = self._newest_block
+        bank._have_blocks[slot] = self._have_blocks
+        bank._part_block[slot] = self._part_block
+        bank._part_open[slot] = self._part_open
+        bank._last_t_s[slot] = self._last_t_s
+        bank._last_event_ts[slot] = self._last_event_ts
+        if self._n_pend:
+            bank._episodes[slot] = _Episodes(
+                self._pend_ts, self._pend, self._n_pend, self._open_end_s
             )
-            + 1
-        )
-        self._pend_ts = np.zeros((self._cap, 2), dtype=np.float64)
-        self._pend = np.zeros((self._cap, _PCOLS), dtype=np.float32)
-        self._n_pend = 0
-        self._open_end_s = -math.inf  # end of the newest episode's peak search
-        self._last_event_ts = -math.inf
+            bank._busy[slot] = True
+        else:
+            # No episode under way: the open-search end no longer matters (every later
+            # sample is past it), so nothing is kept.
+            bank._episodes.pop(slot, None)
+            bank._busy[slot] = False
 
     # ----------------------------------------------------------------------------------
-    def state_nbytes(self) -> int:
-        """Bytes of per-device state: array payloads plus 8 bytes per scalar slot.
-
-        CPython object headers (about 100 bytes per numpy array, 16-32 per scalar) come on
-        top; they are the same for every device and are listed in docs/fall-detection.md.
-        """
-        # trigger2, ring_len, newest_block, have_blocks, part_block, part_open, last_t,
-        # cap, n_pend, open_end, last_event
-        scalars = 11
-        return int(
-            self._ring.nbytes
-            + self._part.nbytes
-            + self._pend_ts.nbytes
-            + self._pend.nbytes
-            + 8 * scalars
-        )
-
-    def state_size_with_headers(self) -> int:
-        """Like ``state_nbytes`` but with CPython object headers counted (sys.getsizeof)."""
-        arrays = (self._ring, self._part, self._pend_ts, self._pend)
-        return sum(sys.getsizeof(a) for a in arrays) + sys.getsizeof(self) + 11 * 32
-
-    # ----------------------------------------------------------------------------------
-    def feed(self, t0_s: float, rate_hz: float, samples_g: npt.ArrayLike) -> list[FallEvent]:
-        """Process one window; return the falls decided with this window's data.
-
-        ``samples_g`` is an (n, 3) array in g whose first sample is at ``t0_s`` and whose
-        samples are ``1 / rate_hz`` apart. Rows with NaN or inf are ignored, samples that are
-        not later than the last accepted one (overlap, replays) are dropped, and a gap simply
-        leaves blocks empty. A rate change between windows needs nothing special because the
-        history is kept per unit of time.
-        """
-        if not (math.isfinite(rate_hz) and rate_hz > 0):
-            raise ValueError(f"rate_hz must be a positive number, got {rate_hz!r}")
-        if not math.isfinite(t0_s):
-            raise ValueError(f"t0_s must be finite, got {t0_s!r}")
-        acc = np.asarray(samples_g, dtype=np.float64)
-        if acc.ndim != 2 or acc.shape[1] != 3:
-            raise ValueError(f"samples_g must have shape (n, 3), got {acc.shape}")
-        events: list[FallEvent] = []
-        n = acc.shape[0]
-        piece = max(1, int(_MAX_PIECE_S * rate_hz))
-        for start in range(0, n, piece):
-            self._feed_piece(t0_s + start / rate_hz, rate_hz, acc[start : start + piece], events)
-        return events
-
-    # ----------------------------------------------------------------------------------
-    def _feed_piece(
+    def feed_piece(
         self, t0_s: float, rate_hz: float, acc: FloatArray, out: list[FallEvent]
     ) -> None:
         period_s = 1.0 / rate_hz
-        m2 = np.dot(acc * acc, _ONES3)  # |a|^2 per sample; dot is the cheapest way here
+        m2 = _magnitude2(acc)
         times: FloatArray | None = None
         peak_m2 = float(m2.max())
         min_t_s = self._last_t_s + 0.5 * period_s
         if not math.isfinite(peak_m2) or t0_s <= min_t_s or rate_hz < 1.0 / BLOCK_S:
             # Rare path: drop bad rows and samples that overlap what we already have.
-            times = t0_s + np.arange(m2.size) * period_s
+            times = cast(FloatArray, t0_s + np.arange(m2.size) * period_s)
             keep = np.isfinite(m2) & (times > min_t_s)
             if not keep.all():
                 if not keep.any():
@@ -529,6 +899,9 @@ class FallDetector:
                 self._n_pend -= 1
             row = self._n_pend
             t_start = t0_s + pos * period_s if times is None else float(times[pos])
+            if not self._pend.shape[0]:
+                self._pend_ts = np.zeros((self._cap, 2), dtype=np.float64)
+                self._pend = np.zeros((self._cap, _PCOLS), dtype=np.float32)
             self._pend[row] = 0.0
             self._pend_ts[row] = t_start, m2[pos]
             self._n_pend += 1
@@ -618,7 +991,7 @@ class FallDetector:
             "impact_area_gs": area_gs,
             "pre_std_g": math.sqrt(pre_var) if math.isfinite(pre_var) else math.nan,
         }
-        if not self.accepts(peak_g, evidence):
+        if not self._bank.decide(p, peak_g, evidence):
             return None
         if peak_ts - self._last_event_ts < p.refractory_s - _TIME_TIE_S:
             return None  # (the tie margin keeps "exactly refractory_s later" chunk-proof)
@@ -629,6 +1002,41 @@ class FallDetector:
             peak_g=peak_g,
             evidence=evidence,
         )
+
+
+class FallDetector:
+    """One device's streaming fall detector; feed it windows in time order.
+
+    A view onto a one-slot :class:`FallDetectorBank`: the same code, so a device's events
+    are the same whether it is fed alone, in a bank, or through the rule runner.
+    """
+
+    __slots__ = ("_bank", "params")
+
+    def __init__(self, params: FallParams = FallParams()) -> None:
+        self.params = params
+        self._bank = FallDetectorBank(1, params, capacity=1)
+        # Subclasses (the tuning bench) may override accepts(); the bank asks it.
+        self._bank.decide = lambda _params, peak_g, evidence: self.accepts(peak_g, evidence)
+
+    def feed(self, t0_s: float, rate_hz: float, samples_g: npt.ArrayLike) -> list[FallEvent]:
+        """Process one window; return the falls decided with this window's data.
+
+        ``samples_g`` is an (n, 3) array in g whose first sample is at ``t0_s`` and whose
+        samples are ``1 / rate_hz`` apart. Rows with NaN or inf are ignored, samples that are
+        not later than the last accepted one (overlap, replays) are dropped, and a gap simply
+        leaves blocks empty. A rate change between windows needs nothing special because the
+        history is kept per unit of time.
+        """
+        return self._bank.feed(0, t0_s, rate_hz, samples_g)
+
+    def state_nbytes(self) -> int:
+        """Bytes of per-device state (array payloads; pending episodes included).
+
+        In a bank these are the device's share of the shared columns; a lone detector adds
+        the headers of its own small arrays (see docs/fall-detection.md).
+        """
+        return self._bank.state_nbytes(0)
 
     def accepts(self, peak_g: float, evidence: Mapping[str, float]) -> bool:
         """The decision rule on one episode's figures (also used by the tuning bench)."""
@@ -650,122 +1058,3 @@ def fall_rule(params: FallParams, peak_g: float, evidence: Mapping[str, float]) 
     if evidence["pre_std_g"] > params.pre_std_max_g:  # NaN (no history) passes
         return False
     return evidence["post_std_g"] <= params.stillness_std_g
-
-
-class FallDetectorBank:
-    """Many devices' detectors fed together, to spend the numpy call overhead once per batch.
-
-    A single window costs a fixed ~25 µs of numpy calls whatever its length, which caps a
-    50 Hz device fed 1 s windows far below the throughput a server needs. Here the common
-    case -- a quiet window (nothing above ``trigger_g``, no episode under way) -- is reduced
-    to blocks for all devices of the batch in one set of numpy calls, whatever each window's
-    start time; every other window goes through its device's own :meth:`FallDetector.feed`.
-    The state and the events are those of feeding each device alone.
-    """
-
-    __slots__ = ("detectors",)
-
-    def __init__(self, n_devices: int, params: FallParams = FallParams()) -> None:
-        self.detectors = [FallDetector(params) for _ in range(n_devices)]
-
-    def set_params(self, slot: int, params: FallParams) -> None:
-        """Give one device its own thresholds (its history starts afresh)."""
-        self.detectors[slot] = FallDetector(params)
-
-    def feed_many(
-        self,
-        slots: Sequence[int],
-        t0_s: Sequence[float] | FloatArray,
-        rate_hz: float,
-        samples_g: npt.ArrayLike,
-    ) -> list[tuple[int, FallEvent]]:
-        """Feed window ``samples_g[i]`` (shape (k, n, 3)) starting at ``t0_s[i]`` to device
-        ``slots[i]``; all windows share ``rate_hz`` and length. Returns (slot, event) pairs."""
-        if not (math.isfinite(rate_hz) and rate_hz > 0):
-            raise ValueError(f"rate_hz must be a positive number, got {rate_hz!r}")
-        acc = np.asarray(samples_g, dtype=np.float64)
-        starts = np.asarray(t0_s, dtype=np.float64)
-        k = len(slots)
-        if acc.ndim != 3 or acc.shape[0] != k or acc.shape[2] != 3 or starts.shape != (k,):
-            raise ValueError(
-                f"need slots (k,), t0_s (k,) and samples_g (k, n, 3); got {k}, "
-                f"{starts.shape}, {acc.shape}"
-            )
-        if not np.isfinite(starts).all():
-            raise ValueError("t0_s must be finite")  # refuse the batch before feeding any of it
-        n = acc.shape[1]
-        events: list[tuple[int, FallEvent]] = []
-        if k == 0 or n == 0:
-            return events
-        period_s = 1.0 / rate_hz
-        # Windows up to one piece long (see feed), at 5 Hz or more (see _feed_piece), whose
-        # samples are all finite and below the trigger, for devices with no episode going on,
-        # are reduced here together; the rest go through feed() one by one.
-        fast: list[int] = []
-        m2 = np.empty((0, 0), dtype=np.float64)
-        if n <= rate_hz and rate_hz >= 1.0 / BLOCK_S:
-            m2 = np.dot(acc * acc, _ONES3)  # (k, n)
-            peaks = m2.max(axis=1).tolist()  # NaN for a window with a NaN row: never quiet
-            for i, slot in enumerate(slots):
-                det = self.detectors[slot]
-                t0 = float(starts[i])
-                if (
-                    peaks[i] < det._trigger2
-                    and det._n_pend == 0
-                    and det._open_end_s < t0 - _TIME_TIE_S
-                    and t0 > det._last_t_s + 0.5 * period_s
-                ):
-                    fast.append(i)
-        if fast:
-            self._feed_quiet([slots[i] for i in fast], starts[fast], rate_hz, acc[fast], m2[fast])
-        fast_set = set(fast)
-        for i, slot in enumerate(slots):
-            if i not in fast_set:
-                det = self.detectors[slot]
-                events += [(slot, ev) for ev in det.feed(float(starts[i]), rate_hz, acc[i])]
-        return events
-
-    def _feed_quiet(
-        self,
-        slots: list[int],
-        t0_s: FloatArray,
-        rate_hz: float,
-        acc: FloatArray,
-        m2: FloatArray,
-    ) -> None:
-        """Block sums for many quiet windows in one set of numpy calls.
-
-        Each window gets exactly the blocks ``FallDetector._ingest_blocks`` would give it
-        (same formulas, same summation order), then each device merges and stores its own.
-        """
-        k, n = acc.shape[0], acc.shape[1]
-        period_s = 1.0 / rate_hz
-        tie_blocks = _TIME_TIE_S / BLOCK_S
-        last_t = t0_s + (n - 1) * period_s
-        next_t = last_t + period_s
-        first = np.floor(t0_s / BLOCK_S + tie_blocks).astype(np.int64)
-        last = np.floor((next_t - 1.0 / rate_hz) / BLOCK_S + tie_blocks).astype(np.int64)
-        n_blocks = last - first + 1
-        step = np.arange(int(n_blocks.max()))
-        block_ids = first[:, None] + step[None, :]
-        starts = np.ceil(((block_ids - tie_blocks) * BLOCK_S - t0_s[:, None]) * rate_hz)
-        starts[:, 0] = 0
-        valid = step[None, :] < n_blocks[:, None]
-        flat_starts = (starts.astype(np.int64) + (np.arange(k) * n)[:, None])[valid]
-        flat_acc = acc.reshape(k * n, 3)
-        flat_m2 = m2.reshape(k * n)
-        sums = np.empty((flat_starts.size, _NCOLS), dtype=np.float64)
-        sums[:, :3] = np.add.reduceat(flat_acc, flat_starts, axis=0)
-        sums[:, _SM2] = np.add.reduceat(flat_m2, flat_starts)
-        sums[:-1, _N] = flat_starts[1:] - flat_starts[:-1]
-        sums[-1, _N] = k * n - flat_starts[-1]
-        sums[:, _MIN] = np.minimum.reduceat(flat_m2, flat_starts)
-        offsets = np.concatenate(([0], np.cumsum(n_blocks))).tolist()
-        firsts, lasts = first.tolist(), last.tolist()
-        last_ts, next_ts = last_t.tolist(), next_t.tolist()
-        for j, slot in enumerate(slots):
-            det = self.detectors[slot]
-            det._store_blocks(
-                sums[offsets[j] : offsets[j + 1]], firsts[j], lasts[j], None, next_ts[j]
-            )
-            det._last_t_s = last_ts[j]

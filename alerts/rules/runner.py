@@ -33,7 +33,7 @@ import numpy as np
 
 from alerts.rules.config import RulesConfig, RulesConfigError, RuleSet
 from alerts.rules.detection import Detection, DetectionKind, Evidence, Severity, make_detection
-from alerts.rules.fall import FallDetector, FallEvent, FallParams
+from alerts.rules.fall import FallDetectorBank, FallEvent, FallParams, ring_len_for
 from alerts.rules.home import Finding, HomeSchedule, HomeState
 from alerts.rules.news2 import PARAMETERS as NEWS2_PARAMETERS
 from alerts.rules.news2 import RiskBand, response_for
@@ -56,6 +56,8 @@ _NEWS2_SEVERITY: Final = {
     RiskBand.HIGH: Severity.HIGH,
 }
 _LEVEL_WORD: Final = {1: "warn", 2: "critical"}
+# Fewer accelerometer windows of one kind than this in a batch go one by one.
+_MIN_ACCEL_BATCH: Final = 4
 
 
 class _ResidentRules:
@@ -98,7 +100,8 @@ class _Device:
     __slots__ = (
         "battery_low",
         "device_id",
-        "fall",
+        "fall_bank",
+        "fall_slot",
         "home",
         "last_heard_ts",
         "latest_ts",
@@ -119,7 +122,10 @@ class _Device:
         self.last_heard_ts = -math.inf  # newest receive time (server clock), for liveness
         self.offline_reason: str | None = None
         self.battery_low = False
-        self.fall: FallDetector | None = None
+        # The fall detector's state: a slot in one of the runner's banks, taken on the first
+        # accelerometer window.
+        self.fall_bank: FallDetectorBank | None = None
+        self.fall_slot = -1
         self.home: HomeState | None = None
 
 
@@ -140,6 +146,10 @@ class RuleRunner:
         self._devices: dict[str, _Device] = {}
         self._residents: dict[str | None, _ResidentRules] = {}
         self._vitals = VitalsBank(initial_capacity)
+        self._initial_capacity = initial_capacity
+        # Fall state for all devices, in shared columns; one bank per ring length (only a
+        # resident with unusual time spans needs a second one).
+        self._fall_banks: dict[int, FallDetectorBank] = {}
         self.counters: collections.Counter[str] = collections.Counter()
 
     # -- devices and rules -------------------------------------------------------------
@@ -182,7 +192,7 @@ class RuleRunner:
         device.resident_id = self._resident_for(device_id)
         device.rules = self._rules_for(device.resident_id)
         self._vitals.reset_slot(device.vitals_slot, device.rules.vitals_limits_index)
-        device.fall = None
+        self._drop_fall(device)
         device.home = None
         device.battery_low = False
 
@@ -193,7 +203,35 @@ class RuleRunner:
             if device.resident_id == resident_id:
                 device.rules = self._rules_for(resident_id)
                 self._vitals.set_limits(device.vitals_slot, device.rules.vitals_limits_index)
-                device.fall = None  # rebuilt with the new parameters on the next window
+                self._drop_fall(device)  # rebuilt with the new parameters on the next window
+
+    def _fall_of(self, device: _Device, position: str | None) -> tuple[FallDetectorBank, int]:
+        """The device's fall-detector slot, taken (with the preset for where the device is
+        worn) on its first window."""
+        bank = device.fall_bank
+        if bank is not None:
+            return bank, device.fall_slot
+        params = device.rules.fall_params_for(position)
+        ring_len = ring_len_for(params)
+        bank = self._fall_banks.get(ring_len)
+        if bank is None:
+            capacity = self._initial_capacity if not self._fall_banks else 64
+            bank = FallDetectorBank(capacity=capacity, ring_len=ring_len)
+            self._fall_banks[ring_len] = bank
+        device.fall_bank, device.fall_slot = bank, bank.add_device(params)
+        return bank, device.fall_slot
+
+    def _drop_fall(self, device: _Device) -> None:
+        if device.fall_bank is not None:
+            device.fall_bank.release(device.fall_slot)
+        device.fall_bank, device.fall_slot = None, -1
+
+    def fall_params(self, device_id: str) -> FallParams | None:
+        """The fall thresholds a device is checked against (None before its first window)."""
+        device = self._devices.get(device_id)
+        if device is None or device.fall_bank is None:
+            return None
+        return device.fall_bank.params_of(device.fall_slot)
 
     def __len__(self) -> int:
         return len(self._devices)
@@ -213,6 +251,11 @@ class RuleRunner:
     def vitals_state_nbytes(self) -> int:
         """Bytes of vitals/NEWS2 state per device in the shared columns."""
         return self._vitals.state_nbytes()
+
+    def fall_state_nbytes(self) -> int:
+        """Bytes of fall-detector state per wearable in the shared columns (pending impact
+        episodes, which exist only for a few seconds after an impact, come on top)."""
+        return FallDetectorBank(capacity=1).state_nbytes()
 
     # -- helpers -----------------------------------------------------------------------
     def _detection(
@@ -339,31 +382,56 @@ class RuleRunner:
         return detections
 
     def process_batch(self, readings: Iterable[Reading]) -> list[Detection]:
-        """Like ``process`` for each reading, with vitals evaluated across devices at once.
+        """Like ``process`` for each reading, with vitals and accelerometer windows evaluated
+        across devices at once.
 
-        Each device's readings are still applied in order; detections for vitals come out
-        when their batch is evaluated, so their order relative to other devices' detections
-        may differ from one-at-a-time ``process``.
+        Each device's readings are still applied in order, and the detections, their
+        evidence and every device's state are those of one-at-a-time ``process``; only the
+        order of detections differs: vitals come out when their array step runs, falls at
+        the end of the batch (the fall detector's state is read by nothing else).
         """
         detections: list[Detection] = []
         pending: dict[str, tuple[_Device, Vitals]] = {}
-        for reading in readings:
-            device = self._device(reading.env.device_id)
-            if device.device_id in pending:
-                # One sample per device per array step: flush before the device's next one.
-                detections.extend(self._run_vitals(list(pending.values())))
-                pending.clear()
-            if not self._admit(device, reading):
-                continue
-            detections.extend(self._resume_if_silent(device, reading))
-            if isinstance(reading, Vitals):
-                detections.extend(self._vitals_pre(device, reading))
-                if device.offline_reason is None:
-                    pending[device.device_id] = (device, reading)
-            else:
-                detections.extend(self._process_other(device, reading))
+        accel: list[tuple[_Device, AccelWindow]] = []
+        devices = self._devices
+        admitted = late = 0
+        try:
+            for reading in readings:
+                env = reading.env
+                device = devices.get(env.device_id) or self._device(env.device_id)
+                if pending and device.device_id in pending:
+                    # One sample per device per array step: flush before its next one.
+                    detections.extend(self._run_vitals(list(pending.values())))
+                    pending.clear()
+                # _admit, inlined (this loop runs for every reading of the server), with
+                # the counters added up once.
+                ts = env.device_ts
+                if ts < device.latest_ts - device.rules.lateness_allowance_s and not (
+                    isinstance(reading, SosPress) and reading.action == "press"
+                ):
+                    late += 1
+                    continue
+                admitted += 1
+                device.latest_ts = max(device.latest_ts, ts)
+                device.last_heard_ts = max(device.last_heard_ts, env.received_ts)
+                if device.offline_reason == _OFFLINE_SILENT:
+                    detections.extend(self._resume_if_silent(device, reading))
+                if isinstance(reading, AccelWindow):
+                    accel.append((device, reading))  # falls are never inhibited offline
+                elif isinstance(reading, Vitals):
+                    detections.extend(self._vitals_pre(device, reading))
+                    if device.offline_reason is None:
+                        pending[device.device_id] = (device, reading)
+                else:
+                    detections.extend(self._process_other(device, reading))
+        finally:
+            self.counters["readings"] += admitted + late
+            if late:
+                self.counters["late_dropped"] += late
         if pending:
             detections.extend(self._run_vitals(list(pending.values())))
+        if accel:
+            detections.extend(self._run_accel(accel))
         return detections
 
     def _resume_if_silent(self, device: _Device, reading: Reading) -> list[Detection]:
@@ -420,17 +488,79 @@ class RuleRunner:
         raise TypeError(f"not a Reading: {type(reading).__name__}")
 
     def _accel(self, device: _Device, window: AccelWindow) -> list[Detection]:
-        if device.fall is None:
-            device.fall = FallDetector(device.rules.fall_params_for(window.position))
+        bank, slot = self._fall_of(device, window.position)
         try:
             samples_g = np.frombuffer(window.samples_g, "<f4").reshape(-1, 3)
             self.counters["accel_samples"] += samples_g.shape[0]
-            events = device.fall.feed(window.env.device_ts, window.rate_hz, samples_g)
+            events = bank.feed(slot, window.env.device_ts, window.rate_hz, samples_g)
         except ValueError:  # a truncated payload or a rate the detector refuses
             self.counters["accel_rejected"] += 1
             logger.warning("unusable accel window from %s", device.device_id, exc_info=True)
             return []
         return [self._fall_detection(device, event, window) for event in events]
+
+    def _run_accel(self, windows: list[tuple[_Device, AccelWindow]]) -> list[Detection]:
+        """A batch's accelerometer windows, through the banks many devices at a time.
+
+        Rounds: the first window of each device goes in the first round, its next one in
+        the next, and so on, so each device's windows are fed in order and a bank call never
+        holds two of one device. Within a round, windows of the same bank, rate and length
+        are fed together; anything ``feed`` would refuse takes the one-window path, which
+        counts and logs it exactly as ``process`` does.
+        """
+        detections: list[Detection] = []
+        while windows:
+            groups: dict[tuple[int, float, int], list[tuple[_Device, AccelWindow]]] = {}
+            seen: set[str] = set()
+            later: list[tuple[_Device, AccelWindow]] = []
+            for device, window in windows:
+                if device.device_id in seen:
+                    later.append((device, window))
+                    continue
+                seen.add(device.device_id)
+                bank = device.fall_bank
+                if bank is None:
+                    bank, _ = self._fall_of(device, window.position)
+                key = (id(bank), window.rate_hz, len(window.samples_g))
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [(device, window)]
+                else:
+                    group.append((device, window))
+            for (_, rate_hz, n_bytes), group in groups.items():
+                detections.extend(self._accel_group(group, rate_hz, n_bytes))
+            windows = later
+        return detections
+
+    def _accel_group(
+        self, group: list[tuple[_Device, AccelWindow]], rate_hz: float, n_bytes: int
+    ) -> list[Detection]:
+        if len(group) < _MIN_ACCEL_BATCH or not (
+            n_bytes % 12 == 0 and math.isfinite(rate_hz) and rate_hz > 0
+        ):
+            return [d for device, window in group for d in self._accel(device, window)]
+        detections: list[Detection] = []
+        starts = np.fromiter((w.env.device_ts for _, w in group), np.float64, len(group))
+        if not np.isfinite(starts).all():
+            for i in np.flatnonzero(~np.isfinite(starts)).tolist():
+                detections.extend(self._accel(*group[i]))
+            group = [group[i] for i in np.flatnonzero(np.isfinite(starts)).tolist()]
+            starts = starts[np.isfinite(starts)]
+            if not group:
+                return detections
+        k, n = len(group), n_bytes // 12
+        bank = group[0][0].fall_bank  # the same for the whole group (it is in the key)
+        assert bank is not None
+        slots = np.fromiter((device.fall_slot for device, _ in group), np.intp, k)
+        samples_g = np.frombuffer(b"".join(w.samples_g for _, w in group), "<f4")
+        self.counters["accel_samples"] += k * n
+        events = bank.feed_many(slots, starts, rate_hz, samples_g.reshape(k, n, 3))
+        if events:
+            row_of = {int(slot): row for row, slot in enumerate(slots.tolist())}
+            for slot, event in events:
+                device, window = group[row_of[slot]]
+                detections.append(self._fall_detection(device, event, window))
+        return detections
 
     def _fall_detection(self, device: _Device, event: FallEvent, window: AccelWindow) -> Detection:
         evidence: Evidence = {"peak_g": event.peak_g, "position": window.position}
