@@ -24,7 +24,8 @@ setup: $(STAMP) ## create .venv and install CareCall with its dev tools
 run: setup ## run the server; embedded PostgreSQL/broker when none is configured or reachable
 	$(VENV)/bin/carecall serve
 
-demo: run ## the demo (for now: the server; the simulator town arrives with the simulator)
+demo: setup ## the server, a demo town (two districts) and the simulator; prints the console URL and logins
+	$(VENV)/bin/carecall demo
 
 services: ## start the local PostgreSQL and Mosquitto if they are down
 	bash scripts/services.sh

@@ -562,7 +562,10 @@ class AlertEngine:
             finally:
                 for t in tasks:
                     t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                # Bounded: shutdown must finish even if a loop ignores its cancellation.
+                _, stuck = await asyncio.wait(tasks, timeout=10.0)
+                for t in stuck:
+                    log.error("alert loop %s did not stop when cancelled", t.get_name())
 
 
 def _with(inp: IncidentInput, **changes: Any) -> IncidentInput:

@@ -84,6 +84,9 @@ async def resolve_database(
 ) -> tuple[str, bool]:
     """(conninfo, embedded?) following the rules in README: configured > local > embedded."""
     if settings.database_url:
+        # A configured server that answers but lacks the database: create it, as for the
+        # default one. A server that does not answer is left to the retry loops.
+        await ensure_database(settings.database_url, timeout_s=settings.db_connect_timeout_s)
         return settings.database_url, False
     default = settings.default_database_url
     if await ensure_database(default, timeout_s=settings.db_connect_timeout_s):
@@ -114,6 +117,18 @@ async def resolve_broker(
     port = settings.mqtt_port
     await stack.enter_async_context(embedded_broker(port))
     return "127.0.0.1", port, 4, True  # amqtt speaks MQTT 3.1.1
+
+
+async def stop_tasks(tasks: Sequence[asyncio.Task[Any]], *, timeout_s: float = 10.0) -> None:
+    """Cancel ``tasks`` and wait for them, but never forever: shutdown must finish even if a
+    loop is stuck in code that does not honour cancellation (it is named in the log)."""
+    for t in reversed(tasks):
+        t.cancel()
+    if not tasks:
+        return
+    _, stuck = await asyncio.wait(tasks, timeout=timeout_s)
+    for t in stuck:
+        log.error("task %s did not stop within %.0f s of being cancelled", t.get_name(), timeout_s)
 
 
 def _spawn(
@@ -284,8 +299,6 @@ async def run_ingest(
                 async with asyncio.timeout(settings.db_write_timeout_s + 1):
                     await bridge.flush_now()
             await feature_stack.aclose()
-            for t in reversed(tasks):
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await stop_tasks(tasks)
             with contextlib.suppress(Exception):
                 await source.close()
