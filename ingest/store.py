@@ -301,49 +301,41 @@ class Store:
         try:
             if not may_repeat:
                 try:
-                    await self._write_direct(conn, by_type, dead, result)
+                    await self._write_batch(conn, by_type, dead, result, staged=False)
                     return result
                 except errors.UniqueViolation:
                     self.fallbacks += 1
                     log.info("batch repeats stored rows; writing it with ON CONFLICT")
-            await self._write_staged(conn, by_type, dead, result)
+            await self._write_batch(conn, by_type, dead, result, staged=True)
         except BaseException:
             if conn.closed or conn.broken:
                 self._conn = None
             raise
         return result
 
-    async def _write_direct(
+    async def _write_batch(
         self,
         conn: psycopg.AsyncConnection[Any],
         by_type: dict[type, list[tuple[object, ...]]],
         dead: Sequence[DeadLetter],
         result: WriteResult,
+        *,
+        staged: bool,
     ) -> None:
+        """One transaction: every kind's rows by the fast (direct COPY) or safe (staged) path."""
         async with conn.transaction(), conn.cursor() as cur:
             for typ, rows in by_type.items():
                 t = _TABLES[typ]
+                if staged:
+                    await self._copy(cur, t, rows, envelope=True)
+                    await cur.execute(_move_sql(t).encode())
+                    result.inserted[t.name] = max(cur.rowcount, 0)
+                    continue
                 async with cur.copy(_direct_copy_sql(t)) as copy:
                     copy.set_types(_direct_types(t))
                     for row in rows:
                         await copy.write_row(row)
                 result.inserted[t.name] = len(rows)
-            if dead:
-                await self._write_dead(cur, dead, result)
-
-    async def _write_staged(
-        self,
-        conn: psycopg.AsyncConnection[Any],
-        by_type: dict[type, list[tuple[object, ...]]],
-        dead: Sequence[DeadLetter],
-        result: WriteResult,
-    ) -> None:
-        async with conn.transaction(), conn.cursor() as cur:
-            for typ, rows in by_type.items():
-                t = _TABLES[typ]
-                await self._copy(cur, t, rows, envelope=True)
-                await cur.execute(_move_sql(t).encode())
-                result.inserted[t.name] = max(cur.rowcount, 0)
             if dead:
                 await self._write_dead(cur, dead, result)
 
