@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help setup run demo test check lint types format bench services clean
+.PHONY: help setup run demo test check lint types format bench services browser clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,7 +30,12 @@ demo: setup ## the server, a demo town (two districts) and the simulator; prints
 services: ## start the local PostgreSQL and Mosquitto if they are down
 	bash scripts/services.sh
 
-test: setup services ## run the test suite against the real PostgreSQL and Mosquitto
+browser: ## install Debian's Chromium for the browser tests (needs root; they skip without it)
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 || \
+		echo "browser: could not install chromium; the browser tests will be skipped"
+
+test: setup services browser ## run the test suite against the real PostgreSQL and Mosquitto
 	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 

@@ -155,3 +155,13 @@ def _alerts_routers() -> list[APIRouter]:
 
 ALERTS = Feature(name="alerts", routers=_alerts_routers, run=_run_alerts, tags=["alerts"])
 FEATURES.append(ALERTS)
+
+
+def _web_feature() -> Feature:
+    """The dispatcher console and the operator dashboard (ingest/web/, docs/console.md)."""
+    from ingest.web import web_feature  # noqa: PLC0415 - it imports Feature from here
+
+    return web_feature()
+
+
+FEATURES.append(_web_feature())
