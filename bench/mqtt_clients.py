@@ -27,8 +27,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.ingest import run_publishers  # noqa: E402
-from tests.fixtures.services import Mosquitto  # noqa: E402
+from bench.ingest import run_publishers
+from tests.fixtures.services import Mosquitto
 
 
 def _gmqtt(port: int, n: int, procs: int, held: bool, out: Any) -> None:
