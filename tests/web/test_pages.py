@@ -85,9 +85,13 @@ async def test_pages_and_summary_are_served_and_scoped(
             r = await http.get("/api/v1/ops/summary", headers=w.headers("disp_ca"))
             assert r.status_code == 403
             sup = (await http.get("/api/v1/ops/summary", headers=w.headers("sup"))).json()
-            assert sup["incidents"]["by_severity"] == {"critical": 1}
-            (district,) = sup["incidents"]["by_district"]
+            # City-level staff also see unplaced incidents ("" district) that other tests in
+            # the shared database leave behind; the placed ones are exactly this world's.
+            placed = [d for d in sup["incidents"]["by_district"] if d["district"]]
+            (district,) = placed
             assert district["district"] == ".".join(w.path_a.split(".")[:2])
+            assert district["by_severity"] == {"critical": 1}
+            assert sup["incidents"]["by_severity"]["critical"] >= 1
             devices = sup["devices"]
             assert (devices["total"], devices["online"], devices["never_seen"]) == (3, 2, 1)
             assert sup["kpis"]["rows"][0]["alarms"] == 1
