@@ -31,8 +31,8 @@ services: ## start the local PostgreSQL and Mosquitto if they are down
 	bash scripts/services.sh
 
 browser: ## install Debian's Chromium for the browser tests (needs root; they skip without it)
-	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 || \
+	@(command -v chromium && fc-list | grep -qi wqy) >/dev/null 2>&1 || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei) >/dev/null 2>&1 || \
 		echo "browser: could not install chromium; the browser tests will be skipped"
 
 test: setup services browser ## run the test suite against the real PostgreSQL and Mosquitto

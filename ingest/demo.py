@@ -25,7 +25,7 @@ from ingest.settings import Settings, get_settings
 log = logging.getLogger("carecall.demo")
 
 CITY = "demo"
-DISTRICTS = (("demo_a", "East district"), ("demo_b", "West district"))
+DISTRICTS = (("demo_a", "East"), ("demo_b", "West"))  # the simulator adds " district"
 # (username, password, role, scope, full name); public by design: development only.
 STAFF = (
     ("admin", "carecall-admin", "admin", CITY, "Demo administrator"),

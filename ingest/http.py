@@ -6,6 +6,8 @@ dependencies from ``app.state.runtime`` through :func:`get_runtime`.
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -17,6 +19,21 @@ from psycopg_pool import AsyncConnectionPool
 from devices.auth import AuthConfig
 from ingest.features import Feature
 from ingest.service import Runtime
+
+
+class RedactTokens(logging.Filter):
+    """Access logs must not carry credentials: the WebSocket's ``?token=`` is masked."""
+
+    _TOKEN = re.compile(r"(token=)[^&\s\"]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = tuple(
+                self._TOKEN.sub(r"\1***", a) if isinstance(a, str) else a
+                for a in (record.args if isinstance(record.args, tuple) else (record.args,))
+            )
+        record.msg = self._TOKEN.sub(r"\1***", str(record.msg))
+        return True
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -42,6 +59,9 @@ def create_app(runtime: Runtime, features: Sequence[Feature] = ()) -> FastAPI:
         description="Emergency-call and telemetry server for home and community elderly care.",
     )
     app.state.runtime = runtime
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactTokens) for f in access.filters):
+        access.addFilter(RedactTokens())
     s = runtime.settings
     app.state.auth = AuthConfig(
         secret=s.secret_key.get_secret_value(), token_ttl_s=s.access_token_ttl_s

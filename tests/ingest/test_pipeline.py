@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import json
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import httpx
 import psycopg
 
 from devices.readings import SosPress
-from ingest.http import create_app
+from ingest.http import RedactTokens, create_app
 from ingest.pipeline import TokenBuckets
 from ingest.service import run_ingest
 from tests.fixtures.services import Publisher, eventually, register_devices
@@ -262,3 +263,18 @@ async def test_a_flooding_device_cannot_fill_the_dead_letters(
             assert kept + suppressed == 300
     finally:
         pub.close()
+
+
+def test_access_log_masks_tokens() -> None:
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        "x",
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5", "GET", "/api/v1/ws?token=eyJabc.def&x=1", "1.1", 101),
+        None,
+    )
+    assert RedactTokens().filter(record)
+    assert "eyJabc" not in record.getMessage()
+    assert "token=***&x=1" in record.getMessage()
