@@ -31,13 +31,6 @@ def tcp_answers(host: str, port: int, timeout_s: float = 1.0) -> bool:
         return False
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def ensure_database(conninfo: str, *, timeout_s: float = 3.0) -> bool:
     """Connect to ``conninfo``; if only the database is missing, create it. False if no server."""
     try:

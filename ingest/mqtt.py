@@ -227,27 +227,6 @@ def split_packets(buf: bytearray) -> tuple[list[tuple[int, bytes]], int]:
     return packets, pos
 
 
-def parse_publish(
-    first: int, body: bytes, version: int = 5
-) -> tuple[str, bytes, int, int, bool, bool]:
-    """(topic, payload, qos, packet id, dup, retain) of a PUBLISH body."""
-    qos = (first >> 1) & 0x03
-    (tlen,) = struct.unpack_from("!H", body, 0)
-    topic = body[2 : 2 + tlen].decode("utf-8", errors="replace")
-    pos = 2 + tlen
-    packet_id = 0
-    if qos:
-        (packet_id,) = struct.unpack_from("!H", body, pos)
-        pos += 2
-    if version != 5:
-        return topic, body[pos:], qos, packet_id, bool(first & 0x08), bool(first & 0x01)
-    parsed = _read_varint(body, pos)
-    if parsed is None:
-        raise MqttError("truncated PUBLISH properties")
-    plen, pos = parsed
-    return topic, body[pos + plen :], qos, packet_id, bool(first & 0x08), bool(first & 0x01)
-
-
 class _Link(asyncio.Protocol):
     """One TCP connection: parses frames and forwards them to the owning client."""
 

@@ -12,7 +12,6 @@ from ingest.mqtt import (
     encode_pubacks,
     encode_publish,
     encode_varint,
-    parse_publish,
     split_packets,
 )
 
@@ -31,22 +30,32 @@ def test_varint_round_trip(n: int) -> None:
 
 @pytest.mark.parametrize("version", [4, 5])
 @pytest.mark.parametrize("qos", [0, 1])
-def test_publish_round_trip(version: int, qos: int) -> None:
+async def test_publish_round_trip(version: int, qos: int) -> None:
+    """What we encode, the live link's parser reads back (the one PUBLISH parser we have)."""
     pkt = encode_publish(
         "carecall/v1/dev/sos", b'{"seq":1}', qos=qos, packet_id=513, retain=True, version=version
     )
     packets, used = split_packets(bytearray(pkt))
-    assert used == len(pkt) and len(packets) == 1
-    first, body = packets[0]
-    assert first & 0xF0 == PUBLISH
-    topic, payload, q, pid, dup, retain = parse_publish(first, body, version)
-    assert (topic, payload, q, pid if qos else 0, dup, retain) == (
+    assert used == len(pkt) and len(packets) == 1 and packets[0][0] & 0xF0 == PUBLISH
+    client = MqttClient(
+        host="h",
+        port=1,
+        client_id="c",
+        subscriptions=[],
+        on_messages=lambda _m: None,
+        version=version,
+    )
+    publishes, others, used = _Link(client, 3)._parse(pkt)
+    assert used == len(pkt) and others == []
+    m = publishes[0]
+    assert (m.topic, m.payload, m.qos, m.packet_id, m.dup, m.retain, m.link) == (
         "carecall/v1/dev/sos",
         b'{"seq":1}',
         qos,
         513 if qos else 0,
         False,
         True,
+        3,
     )
 
 
