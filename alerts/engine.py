@@ -25,7 +25,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -538,14 +538,26 @@ class AlertEngine:
 
     @contextlib.asynccontextmanager
     async def running(
-        self, *, on_failure: Callable[[BaseException], None] | None = None
+        self,
+        *,
+        on_failure: Callable[[BaseException], None] | None = None,
+        only: Collection[str] | None = None,
+        reconcile: bool = True,
     ) -> AsyncIterator[AlertEngine]:
-        """Load the registry cache, start every loop and the channels; stop them on exit."""
+        """Load the registry cache, start every loop and the channels; stop them on exit.
+
+        ``only``: run just the loops with these short names (``rules_loop``, ``live_loop``,
+        ...), for a process that does one part of the work (docs/ingest.md, "Two processes").
+        """
         with contextlib.suppress(*_DB_DOWN):
             async with asyncio.timeout(self.config.db_timeout_s), self.pool.connection() as conn:
                 await self._refresh_cache(conn)
         async with self.notifier.running():
-            tasks = [asyncio.create_task(fn(), name=name) for name, fn in self.loops()]
+            tasks = [
+                asyncio.create_task(fn(), name=name)
+                for name, fn in self.loops()
+                if only is None or name.rsplit(".", 1)[-1] in only
+            ]
 
             def _done(t: asyncio.Task[None]) -> None:
                 if not t.cancelled() and (exc := t.exception()) is not None:
@@ -555,8 +567,9 @@ class AlertEngine:
 
             for t in tasks:
                 t.add_done_callback(_done)
-            with contextlib.suppress(*_DB_DOWN):
-                await self.reconcile()
+            if reconcile:
+                with contextlib.suppress(*_DB_DOWN):
+                    await self.reconcile()
             try:
                 yield self
             finally:

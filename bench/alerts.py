@@ -1,7 +1,9 @@
 """Alert latency benchmark: SOS publish -> dispatcher console (WebSocket) receive, under load.
 
-One server in this process (ingest + the alerts feature + HTTP on a real port) against a
-private Mosquitto (shipped limits) and a scratch database. Background publisher processes send
+One server as ``carecall serve`` runs it: its front in this process (HTTP on a real port,
+consoles, urgent lane, incidents) and its ingest worker as a child process (bridge, storage,
+rules); ``--one-process`` runs everything in this process instead. A private Mosquitto
+(shipped limits) and a scratch database. Background publisher processes send
 vitals from ``--devices`` watches at ``--rate`` messages/s in total (paced in 10 ms slices;
 the rate actually reached is reported). A separate "device + console" process connects a
 dispatcher's WebSocket, presses SOS ``--sos`` times (QoS 1, one every ``--sos-interval-s``)
@@ -149,8 +151,8 @@ async def serve(
 
     from ingest.features import ALERTS  # noqa: PLC0415
     from ingest.http import create_app  # noqa: PLC0415
-    from ingest.service import run_ingest  # noqa: PLC0415
     from ingest.settings import Settings  # noqa: PLC0415
+    from ingest.worker import run_server  # noqa: PLC0415
     from tests.alerts.world import SECRET, build_world  # noqa: PLC0415
 
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
@@ -164,9 +166,11 @@ async def serve(
         mqtt_client_id="bench-ingest",
         spool_dir=tmp / "spool",
         secret_key=SECRET,
+        ingest_worker=not args.one_process,
+        worker_http_port=free_port(),
     )  # type: ignore[arg-type]
     assert ALERTS.run is not None
-    async with run_ingest(settings, features=[ALERTS.run]) as rt:
+    async with run_server(settings, features=[ALERTS.run]) as rt:
         app = create_app(rt, [ALERTS])
         http_port = free_port()
         server = uvicorn.Server(
@@ -177,7 +181,10 @@ async def serve(
         task = asyncio.create_task(server.serve())
         while not server.started:  # noqa: ASYNC110 - uvicorn has no "listening" event
             await asyncio.sleep(0.05)
-        await rt.source.client.wait_connected(10)
+        if rt.worker is None:
+            await rt.source.client.wait_connected(10)
+        else:
+            assert rt.worker.ready, "the ingest worker did not come up"
         ctx = mp.get_context("fork")
         start, out = ctx.Event(), ctx.Queue()
         procs = [
@@ -222,11 +229,12 @@ async def serve(
                 results.append(await asyncio.to_thread(out.get, True, 1.0))
             except Exception:
                 continue
+        if rt.worker is not None:
+            await asyncio.sleep(1.5)  # the front reads the worker's figures once a second
         stored_rate = (_stored(rt) - stored0) / (time.monotonic() - t0)
         for p in procs:
             p.join()
-        engine = rt.services["alerts"]
-        dropped = engine.metrics.rule_input_dropped._value.get()
+        dropped = _sample_sum(rt, "carecall_alert_rule_input_dropped_total")
         server.should_exit = True
         await task
     bg = [r for r in results if "worker" in r]
@@ -249,6 +257,7 @@ async def serve(
         else None,
         "sos_to_console_max_ms": round(float(lat_ms.max()), 2) if len(lat_ms) else None,
         "rule_inputs_dropped": int(dropped),
+        "processes": 1 if args.one_process else 2,
         "cpus": os.cpu_count(),
     }
 
@@ -257,13 +266,19 @@ def _pct(values_ms: Any, q: float) -> float | None:
     return round(float(np.percentile(values_ms, q)), 2) if len(values_ms) else None
 
 
+def _sample_sum(rt: Any, name: str) -> float:
+    """A counter summed over its labels, from the server's registry (the worker's figures
+    merged in when there is one)."""
+    return sum(
+        s.value
+        for family in rt.metrics.registry.collect()
+        for s in family.samples
+        if s.name == name
+    )
+
+
 def _stored(rt: Any) -> float:
-    total = 0.0
-    for metric in rt.metrics.stored.collect():
-        for s in metric.samples:
-            if s.name.endswith("_total"):
-                total += s.value
-    return total
+    return _sample_sum(rt, "carecall_ingest_messages_stored_total")
 
 
 def main() -> int:
@@ -274,6 +289,11 @@ def main() -> int:
     ap.add_argument("--devices", type=int, default=2000)
     ap.add_argument("--sos", type=int, default=100)
     ap.add_argument("--sos-interval-s", type=float, default=0.2)
+    ap.add_argument(
+        "--one-process",
+        action="store_true",
+        help="bridge, rules and consoles in one process (CARECALL_INGEST_WORKER=false)",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, scratch_database("carecall_bench") as db_url:
         broker = Mosquitto(Path(tmp) / "mosquitto")

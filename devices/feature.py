@@ -77,8 +77,14 @@ class RegistryService:
         spawn: Callable[[Coroutine[Any, Any, None], str], None],
         config: RegistryConfig,
         load_timeout_s: float = 10.0,
+        mirror_only: bool = False,
     ) -> AsyncIterator[None]:
-        """Rebuild presence from the database, start feeding and checking it, serve."""
+        """Rebuild presence from the database, start feeding and checking it, serve.
+
+        ``mirror_only``: this process sees no readings (the server's front when the bridge runs
+        in a worker process, which keeps the live tracker): presence is re-read from the
+        database every few heartbeat checks instead, for display only, and never judged here.
+        """
         presence = PresenceTracker(
             heartbeat_s=config.heartbeat_s,
             missed_heartbeats=config.missed_heartbeats,
@@ -100,11 +106,19 @@ class RegistryService:
             max_s=config.login_lockout_max_s,
         )
         self._pool = pool
-        add_consumer(presence.observe)
-        spawn(
-            presence.check_loop(pool.connection, interval_s=config.presence_check_interval_s),
-            "devices.presence.check_loop",
-        )
+        if mirror_only:
+            spawn(
+                presence.mirror_loop(
+                    pool.connection, interval_s=3 * config.presence_check_interval_s
+                ),
+                "devices.presence.mirror_loop",
+            )
+        else:
+            add_consumer(presence.observe)
+            spawn(
+                presence.check_loop(pool.connection, interval_s=config.presence_check_interval_s),
+                "devices.presence.check_loop",
+            )
         try:
             yield
         finally:

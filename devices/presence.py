@@ -207,7 +207,7 @@ class PresenceTracker:
 
     # -- persistence -----------------------------------------------------------------------------
 
-    async def load(self, conn: psycopg.AsyncConnection[Any]) -> int:
+    async def load(self, conn: psycopg.AsyncConnection[Any], *, keep_observed: bool = True) -> int:
         """Rebuild from the database: last status and last reading of every active device.
 
         One indexed probe per device and table ((device_id, device_time, seq) is the readings'
@@ -260,7 +260,7 @@ class PresenceTracker:
                 devices[device_id] = dev
         # What the bridge reported since start is newer than the database's view (this is a
         # late rebuild after a database outage at start): keep it.
-        for device_id, dev in self._devices.items():
+        for device_id, dev in self._devices.items() if keep_observed else ():
             stored = devices.get(device_id)
             if stored is not None and (dev.last_seen_ts or 0) >= (stored.last_seen_ts or 0):
                 dev.resident_id = stored.resident_id
@@ -298,3 +298,20 @@ class PresenceTracker:
                             await self.load(conn)
                 except (psycopg.Error, OSError) as exc:
                     log.warning("presence: cannot refresh device owners: %s", exc)
+
+    async def mirror_loop(
+        self,
+        connect: Callable[[], contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]],
+        *,
+        interval_s: float = 15.0,
+    ) -> None:
+        """Follow the database's view (kept by another process's tracker) every ``interval_s``;
+        this copy emits no changes: it is for display."""
+        while True:
+            try:
+                async with connect() as conn:
+                    # Nothing is observed here: the database is always the newer view.
+                    await self.load(conn, keep_observed=False)
+            except (psycopg.Error, OSError) as exc:
+                log.warning("presence mirror: cannot read the database: %s", exc)
+            await asyncio.sleep(interval_s)

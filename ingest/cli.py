@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -16,44 +18,63 @@ from ingest.settings import Settings, get_settings
 log = logging.getLogger("carecall")
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, *, tag: str = "") -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s",
     )
 
 
-async def _serve(settings: Settings) -> int:
+async def _serve(settings: Settings, *, role: str = "server") -> int:
     import uvicorn  # noqa: PLC0415 - keeps `carecall news2` and friends light
 
-    from ingest.features import FEATURES  # noqa: PLC0415
+    from ingest.features import FEATURES, WORKER_FEATURES  # noqa: PLC0415
     from ingest.http import create_app  # noqa: PLC0415
     from ingest.service import run_ingest  # noqa: PLC0415
+    from ingest.worker import PARENT_ENV, run_server, watch_parent  # noqa: PLC0415
 
-    runs = [f.run for f in FEATURES if f.run is not None]
-    async with run_ingest(settings, features=runs) as rt:
-        app = create_app(rt, FEATURES)
+    watchers: list[asyncio.Task[None]] = []
+    if role == "worker":
+        # The front's child: its own features, HTTP for /metrics and /readyz only.
+        runs = [f.run for f in FEATURES if f.run is not None and f.name in WORKER_FEATURES]
+        if settings.worker_nice:
+            os.nice(settings.worker_nice)
+        server_cm = run_ingest(settings, features=runs, role="worker")
+        shown = []
+        parent = os.environ.get(PARENT_ENV)
+        if parent:
+            watchers.append(asyncio.create_task(watch_parent(int(parent))))
+    else:
+        runs = [f.run for f in FEATURES if f.run is not None]
+        server_cm = run_server(settings, features=runs)
+        shown = FEATURES
+    async with server_cm as rt:
+        app = create_app(rt, shown)
         config = uvicorn.Config(
             app,
             host=settings.http_host,
             port=settings.http_port,
             log_config=None,
             lifespan="off",
+            access_log=role != "worker",  # the worker's HTTP is polled by the front each second
         )
         server = uvicorn.Server(config)
         http = asyncio.create_task(server.serve(), name="ingest.http.serve")
         failed = asyncio.create_task(rt.failed.wait(), name="ingest.service.failed")
         log.info(
-            "CareCall is up: http://%s:%d (metrics /metrics, readiness /readyz); broker %s:%d",
+            "CareCall %s is up: http://%s:%d (metrics /metrics, readiness /readyz); broker %s:%d",
+            "ingest worker" if role == "worker" else "server",
             settings.http_host,
             settings.http_port,
             rt.mqtt_host,
             rt.mqtt_port,
         )
-        await asyncio.wait({http, failed}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({http, failed, *watchers}, return_when=asyncio.FIRST_COMPLETED)
         server.should_exit = True
         await http
         failed.cancel()
+        for w in watchers:
+            w.cancel()
         return 1 if rt.failed.is_set() else 0
 
 
@@ -146,7 +167,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="carecall", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the server (ingest bridge + HTTP)")
+    serve = sub.add_parser("serve", help="run the server (ingest bridge + HTTP)")
+    serve.add_argument(
+        "--role",
+        choices=("server", "worker"),
+        default="server",
+        help="worker: the ingest worker a server starts itself (settings as JSON on stdin)",
+    )
     sub.add_parser("migrate", help="apply database migrations and storage policies")
     for name, (help_text, _) in TOOLS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -155,15 +182,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return TOOLS[args.command][1](rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    _setup_logging(args.log_level)
+    worker = args.command == "serve" and args.role == "worker"
+    _setup_logging(args.log_level, tag="[worker] " if worker else "")
     try:
-        settings = get_settings()
+        # The worker's settings come from its server on stdin (secrets never touch disk).
+        settings = Settings(**json.loads(sys.stdin.read())) if worker else get_settings()
     except ValueError as exc:
         print(f"carecall: invalid settings: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
         try:
-            return asyncio.run(_serve(settings))
+            return asyncio.run(_serve(settings, role=args.role))
         except KeyboardInterrupt:
             return 0
     return asyncio.run(_migrate(settings))

@@ -48,7 +48,11 @@ def registry_feature() -> Feature:
             login_lockout_max_s=s.login_lockout_max_s,
         )
         async with service.run(
-            pool=rt.pool, add_consumer=rt.add_consumer, spawn=rt.spawn, config=config
+            pool=rt.pool,
+            add_consumer=rt.add_consumer,
+            spawn=rt.spawn,
+            config=config,
+            mirror_only=rt.role == "front",  # the worker keeps the live tracker
         ):
             # Features after this one (alerts) subscribe to presence changes.
             rt.services["registry"] = service
@@ -80,13 +84,34 @@ async def _run_alerts(rt: Runtime) -> AsyncIterator[None]:
         db_timeout_s=s.db_connect_timeout_s,
         gateway_callback_secret=secret(s.alerts_gateway_callback_secret),
     )
+    # Split by role (docs/ingest.md, "Two processes"): the worker runs the rules on the
+    # reading stream and writes what they detect; the front shows urgent readings from the
+    # urgent lane, pushes incident events to consoles, stamps deliveries and escalates. Both
+    # write incidents through the same database upsert, so either may see a press first.
+    front_loops = {
+        "live_loop",
+        "write_loop",
+        "delivered_loop",
+        "listen_loop",
+        "cache_loop",
+        "escalation_loop",
+    }
+    worker_loops = {
+        "rules_loop",
+        "tick_loop",
+        "presence_loop",
+        "write_loop",
+        "listen_loop",
+        "cache_loop",
+    }
+    only = {"front": front_loops, "worker": worker_loops}.get(rt.role)
     async with alert_engine(
         pool=rt.pool,
         conninfo=rt.conninfo,
         registry=rt.metrics.registry,
         config=config,
-        live_lane=rt.live_lane,
-        presence=rt.services.get("presence"),  # the registry feature's tracker, if it runs
+        live_lane=None if rt.role == "worker" else rt.live_lane,
+        presence=None if rt.role == "front" else rt.services.get("presence"),
         rules_path=s.alerts_rules_path,
         channel_timeout_s=s.alerts_channel_timeout_s,
         webhook_url=s.alerts_webhook_url,
@@ -96,10 +121,14 @@ async def _run_alerts(rt: Runtime) -> AsyncIterator[None]:
         public_url=s.alerts_public_url,
     ) as engine:
         rt.services["alerts"] = engine
-        rt.add_consumer(engine.consume)
-        if s.alerts_urgent_lane:
+        if rt.role != "front":
+            rt.add_consumer(engine.consume)
+        # With a worker, the urgent lane is the front's only sight of an SOS before storage.
+        if rt.role == "front" or (rt.role == "all" and s.alerts_urgent_lane):
             rt.spawn(_urgent_lane(rt), "alerts.urgent.urgent_loop")
-        async with engine.running(on_failure=lambda _exc: rt.failed.set()):
+        async with engine.running(
+            on_failure=lambda _exc: rt.failed.set(), only=only, reconcile=rt.role != "worker"
+        ):
             yield
 
 
@@ -165,3 +194,7 @@ def _web_feature() -> Feature:
 
 
 FEATURES.append(_web_feature())
+
+# What the ingest worker runs of these (docs/ingest.md, "Two processes"): the features that
+# consume the reading stream. The front runs them all, each in its "front" role.
+WORKER_FEATURES = frozenset({"registry", "alerts"})

@@ -80,6 +80,8 @@ def create_app(runtime: Runtime, features: Sequence[Feature] = ()) -> FastAPI:
     @app.get("/readyz", tags=["ops"])
     async def readyz(rt: RuntimeDep) -> JSONResponse:
         """Ready when connected to the broker and writing to the database directly."""
+        if rt.worker is not None:
+            return _front_readiness(rt)
         body: dict[str, Any] = {
             "broker": {
                 "connected": rt.source.connected,
@@ -104,3 +106,21 @@ def create_app(runtime: Runtime, features: Sequence[Feature] = ()) -> FastAPI:
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _front_readiness(rt: Runtime) -> JSONResponse:
+    """The front with an ingest worker: ready when the worker is (it holds the bridge) and
+    the front's own schema check passed; the worker's report is included as it was read."""
+    worker = rt.worker.summary()
+    status = worker.get("status") or {}
+    body: dict[str, Any] = {
+        "broker": status.get("broker", {"connected": False}),
+        "database": status.get("database", {"up": False}),
+        "spool": status.get("spool"),
+        "devices_known": len(rt.directory),
+        "embedded": rt.embedded,
+        "ingest_worker": {k: v for k, v in worker.items() if k != "status"},
+    }
+    ready = bool(worker["ready"]) and rt.schema_ready.is_set()
+    body["status"] = "ready" if ready else "degraded"
+    return JSONResponse(body, status_code=200 if ready else 503)

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -44,6 +44,20 @@ from ingest.validate import Validator
 
 log = logging.getLogger(__name__)
 
+# Which part of the server this process runs (docs/ingest.md, "Two processes"):
+# "all": everything in one process (tests, demo, small sites);
+# "front": HTTP, consoles, urgent lane and incidents; its bridge is built but never started;
+# "worker": the bridge and the rule engine (a child of the front, no public HTTP).
+Role = Literal["all", "front", "worker"]
+
+
+class DiscardLane(LiveLane):
+    """The worker's live lane: the front's urgent lane shows alarms at once and the worker's
+    rule runner raises their incidents, so what the bridge hands over here is not needed."""
+
+    def offer(self, item: Any) -> bool:
+        return True
+
 
 @dataclass
 class Runtime:
@@ -60,6 +74,9 @@ class Runtime:
     live_lane: LiveLane
     pool: AsyncConnectionPool[Any]
     storage_mode: StorageMode | None = None
+    role: Role = "all"
+    # The front's handle on its ingest worker (ingest.worker.WorkerLink); None otherwise.
+    worker: Any = None
     schema_ready: asyncio.Event = field(default_factory=asyncio.Event)
     failed: asyncio.Event = field(default_factory=asyncio.Event)
     embedded: list[str] = field(default_factory=list)
@@ -164,13 +181,14 @@ async def maintenance_loop(rt: Runtime, store: Store, *, interval_s: float = 60.
                     rt.storage_mode, applied = await migrate(conn, prefer=s.storage)
                     if applied:
                         log.info("applied %d migrations", len(applied))
-                layout = layout_for(
-                    rt.storage_mode or "native",
-                    retention_days=s.retention_days,
-                    ahead_days=s.partitions_ahead_days,
-                    compress_after_days=s.compress_after_days,
-                )
-                await layout.maintain(conn)
+                if rt.role != "worker":  # the front keeps partitions; one process is enough
+                    layout = layout_for(
+                        rt.storage_mode or "native",
+                        retention_days=s.retention_days,
+                        ahead_days=s.partitions_ahead_days,
+                        compress_after_days=s.compress_after_days,
+                    )
+                    await layout.maintain(conn)
                 if not rt.schema_ready.is_set():
                     rt.schema_ready.set()
                     store.ready = True
@@ -195,17 +213,20 @@ async def run_ingest(
     on_durable: Callable[[Sequence[Message], float], None] | None = None,
     wait_schema_s: float = 30.0,
     features: Sequence[Callable[[Runtime], AbstractAsyncContextManager[None]]] = (),
+    role: Role = "all",
 ) -> AsyncIterator[Runtime]:
     async with contextlib.AsyncExitStack() as stack:
         conninfo, db_embedded = await resolve_database(settings, stack)
         host, port, version, broker_embedded = await resolve_broker(settings, stack)
         metrics = metrics or IngestMetrics()
         directory = DeviceDirectory(snapshot_path=settings.spool_dir / "devices.json")
-        live_lane = LiveLane()
+        live_lane = DiscardLane() if role == "worker" else LiveLane()
         store = Store(conninfo=conninfo, connect_timeout_s=settings.db_connect_timeout_s)
         store.ready = False
         stack.push_async_callback(store.close)
-        spool = Spool(settings.spool_dir / "ingest.spool")
+        # The front never feeds its bridge, and must never open the worker's spool.
+        spool_name = "front-idle.spool" if role == "front" else "ingest.spool"
+        spool = Spool(settings.spool_dir / spool_name)
         stack.callback(spool.close)
         bridge = Bridge(
             store=store,
@@ -267,6 +288,7 @@ async def run_ingest(
             directory=directory,
             live_lane=live_lane,
             pool=pool,
+            role=role,
         )
         if db_embedded:
             rt.embedded.append("postgres")
@@ -283,22 +305,26 @@ async def run_ingest(
         if not rt.schema_ready.is_set():
             log.error("database not reachable at start-up: spooling until it is")
         _spawn(tasks, rt, directory.watch_loop(conninfo), "devices.directory.watch_loop")
-        _spawn(tasks, rt, bridge.flush_loop(), "ingest.pipeline.flush_loop")
-        _spawn(tasks, rt, bridge.recovery_loop(), "ingest.pipeline.recovery_loop")
+        if role != "front":
+            _spawn(tasks, rt, bridge.flush_loop(), "ingest.pipeline.flush_loop")
+            _spawn(tasks, rt, bridge.recovery_loop(), "ingest.pipeline.recovery_loop")
         feature_stack = contextlib.AsyncExitStack()
         try:
             # Features (alerts, registry, ...) register their consumers before messages flow.
             for run in features:
                 await feature_stack.enter_async_context(run(rt))
-            _spawn(tasks, rt, source.run_loop(), "ingest.source.run_loop")
+            if role != "front":
+                _spawn(tasks, rt, source.run_loop(), "ingest.source.run_loop")
             yield rt
         finally:
             # Stop taking messages, make what we hold durable (and ack it), then close.
             source.pause()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(settings.db_write_timeout_s + 1):
-                    await bridge.flush_now()
+            if role != "front":
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(settings.db_write_timeout_s + 1):
+                        await bridge.flush_now()
             await feature_stack.aclose()
             await stop_tasks(tasks)
-            with contextlib.suppress(Exception):
-                await source.close()
+            if role != "front":
+                with contextlib.suppress(Exception):
+                    await source.close()

@@ -42,6 +42,17 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8080
 
+    # The ingest worker (docs/ingest.md, "Two processes"): the bridge and the rule engine run
+    # in a child process so that the HTTP side, the urgent lane and the dispatcher consoles
+    # keep their own core when telemetry saturates the bridge. The worker serves /metrics and
+    # /readyz on 127.0.0.1:worker_http_port (0: http_port + 1); the server merges them.
+    # Not used with the embedded broker (the demo's fallback), which lives in the server.
+    ingest_worker: bool = True
+    worker_http_port: int = Field(default=0, ge=0, le=65535)
+    # The worker's CPU niceness (added to the server's): under overload the scheduler then
+    # favours the front (consoles, urgent lane) and the broker over bulk telemetry.
+    worker_nice: int = Field(default=5, ge=0, le=19)
+
     # Pipeline bounds.
     batch_max_rows: int = Field(default=2000, ge=1)
     batch_max_delay_ms: float = Field(default=5.0, ge=0)

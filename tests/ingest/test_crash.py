@@ -50,6 +50,9 @@ def start_bridge(
             "CARECALL_MQTT_CLIENT_ID": f"ingest-{uid}",
             "CARECALL_SPOOL_DIR": str(spool),
             "CARECALL_HTTP_PORT": str(free_port()),
+            # The bridge in the killed process itself (tests/ingest/test_worker.py kills a
+            # worker under its server).
+            "CARECALL_INGEST_WORKER": "false",
         }
     )
     with log.open("ab") as out:  # the child keeps its own copy of the descriptor
