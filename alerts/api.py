@@ -1,7 +1,10 @@
 """HTTP and WebSocket surface of the alert side, under /api/v1.
 
 Every read and write takes the caller's scope and filters in SQL; an incident outside it
-answers 404 exactly like one that does not exist. Every call is audited.
+answers 404 exactly like one that does not exist. Every call is audited; identical list reads
+within a window are one audit row with a count (``alerts/audit.py``). The WebSocket carries
+notices to the console and one frame back, ``shown`` (what the console's screen now shows,
+which stamps "delivered").
 """
 
 from __future__ import annotations
@@ -13,12 +16,17 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
+import msgspec
+import psycopg
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, WebSocket, status
 from fastapi.encoders import jsonable_encoder
+from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, Field
 from starlette.websockets import WebSocketDisconnect
 
+from alerts.audit import audit_list_read, read_key
 from alerts.channels import verify
 from alerts.engine import AlertEngine
 from alerts.errors import IncidentNotFoundError, InvalidTransitionError, NotFoundError
@@ -32,6 +40,7 @@ log = logging.getLogger(__name__)
 
 STAFF = ("dispatcher", "supervisor", "operator", "admin")
 RESPONDERS = ("dispatcher", "supervisor", "admin")
+MAX_SHOWN = 1000  # incident ids in one "shown" frame (the queue's own limit)
 
 
 def get_engine(request: Request) -> AlertEngine:
@@ -61,6 +70,19 @@ def _domain_errors() -> Iterator[None]:
 
 def _ip(request: Request) -> str | None:
     return request.client.host if request.client else None
+
+
+def _admin(principal: Principal) -> bool:
+    """Admins also see incidents of devices nobody can place (docs/alerts.md, "Access")."""
+    return principal.role == "admin"
+
+
+class ShownFrame(msgspec.Struct, frozen=True, tag_field="type", tag="shown"):
+    """Console -> server: these incidents are now on my screen (docs/console.md)."""
+
+    incident_ids: Annotated[
+        list[Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]], msgspec.Meta(max_length=MAX_SHOWN)
+    ]
 
 
 class DispatchBody(BaseModel):
@@ -95,6 +117,38 @@ class CallResultBody(BaseModel):
     status: Literal["accepted", "declined", "no_answer"]
 
 
+def _client_frame(text: str) -> ShownFrame | None:
+    """The one message a console sends; anything else is ignored (and logged)."""
+    try:
+        return msgspec.json.decode(text, type=ShownFrame)
+    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+        log.info("ignored console frame: %s (%.100s)", exc, text)
+        return None
+
+
+async def _shown(engine: AlertEngine, principal: Principal, incident_ids: list[int]) -> None:
+    """Stamp "delivered" for what a dispatcher's screen now shows (in scope, still raised)."""
+    if not incident_ids:
+        return
+    try:
+        async with asyncio.timeout(engine.config.db_timeout_s):
+            async with engine.pool.connection() as conn:
+                await engine.store.mark_shown(
+                    conn,
+                    incident_ids,
+                    actor=principal.username,
+                    scope=principal.scope_path,
+                    admin=_admin(principal),
+                    now_ts=engine.clock.now(),
+                )
+    except (psycopg.OperationalError, PoolTimeout, TimeoutError, OSError) as exc:
+        # The console confirms again on its next queue read; the live path does not wait.
+        log.warning("delivered stamp for %d incidents deferred: %r", len(incident_ids), exc)
+    except psycopg.Error:
+        # Refused by the database: the console's socket must stay up regardless.
+        log.exception("delivered stamp for %d incidents failed", len(incident_ids))
+
+
 def routers() -> list[APIRouter]:
     router = APIRouter(prefix="/api/v1", tags=["alerts"])
 
@@ -114,16 +168,26 @@ def routers() -> list[APIRouter]:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "unknown state")
         async with engine.pool.connection() as conn:
             rows = await engine.store.queue(
-                conn, scope=principal.scope_path, states=states, severities=severity, limit=limit
+                conn,
+                scope=principal.scope_path,
+                admin=_admin(principal),
+                states=states,
+                severities=severity,
+                limit=limit,
             )
-            await audit(
+            ids = sorted(int(r["incident_id"]) for r in rows)
+            params = {"state": sorted(states), "severity": sorted(severity or []), "limit": limit}
+            await audit_list_read(
                 conn,
                 principal,
                 "list_incidents",
+                key=read_key(scope=principal.scope_path, params=params, incident_ids=ids),
+                now_ts=engine.clock.now(),
+                window_s=engine.config.audit_coalesce_s,
                 record_type="incident",
                 scope_path=principal.scope_path,
                 source_ip=_ip(request),
-                detail={"n": len(rows)},
+                detail={"n": len(rows), "incident_ids": ids, "params": params},
             )
         return jsonable_encoder(rows)
 
@@ -134,7 +198,9 @@ def routers() -> list[APIRouter]:
         """Everything needed to send help: resident, contacts, vitals, location, the trace."""
         async with engine.pool.connection() as conn:
             with _domain_errors():
-                out = await engine.store.detail(conn, incident_id, scope=principal.scope_path)
+                out = await engine.store.detail(
+                    conn, incident_id, scope=principal.scope_path, admin=_admin(principal)
+                )
             await audit(
                 conn,
                 principal,
@@ -172,6 +238,7 @@ def routers() -> list[APIRouter]:
                     incident_id,
                     actor=principal.username,
                     scope=principal.scope_path,
+                    admin=_admin(principal),
                     now_ts=engine.clock.now(),
                     **kwargs,
                 )
@@ -278,8 +345,9 @@ def routers() -> list[APIRouter]:
         until: dt.date | None = None,
         include_device_faults: bool = False,
     ) -> Any:
-        """Per area at ``level`` and per day, within the caller's scope."""
-        today = dt.datetime.fromtimestamp(engine.clock.now(), tz=dt.UTC).date()
+        """Per area at ``level`` and per local day (``CARECALL_ALERTS_TIMEZONE``), in scope."""
+        zone = engine.config.timezone
+        today = dt.datetime.fromtimestamp(engine.clock.now(), tz=ZoneInfo(zone)).date()
         until = until or today
         since = since or until - dt.timedelta(days=6)
         async with engine.pool.connection() as conn:
@@ -289,15 +357,25 @@ def routers() -> list[APIRouter]:
                 level=level,
                 since=since,
                 until=until,
+                timezone=zone,
                 include_device_faults=include_device_faults,
             )
-            await audit(
+            params = {
+                "level": level,
+                "since": since.isoformat(),
+                "until": until.isoformat(),
+                "include_device_faults": include_device_faults,
+            }
+            await audit_list_read(
                 conn,
                 principal,
                 "read_kpis",
+                key=read_key(scope=principal.scope_path, params=params),
+                now_ts=engine.clock.now(),
+                window_s=engine.config.audit_coalesce_s,
                 scope_path=principal.scope_path,
                 source_ip=_ip(request),
-                detail={"level": level},
+                detail=params,
             )
         return jsonable_encoder({"level": level, "since": since, "until": until, "rows": rows})
 
@@ -467,7 +545,10 @@ def routers() -> list[APIRouter]:
             websocket.app.state, "alerts", None
         ) or websocket.app.state.runtime.services.get("alerts")
         await websocket.accept()
-        session = engine.hub.connect(principal)
+        session = engine.hub.connect(
+            principal,
+            sees_unplaced=_admin(principal) or engine.cache.is_root(principal.scope_path),
+        )
         try:
             await websocket.send_text(
                 json.dumps(
@@ -487,7 +568,9 @@ def routers() -> list[APIRouter]:
             async def reader() -> None:
                 with contextlib.suppress(WebSocketDisconnect):
                     while True:
-                        await websocket.receive_text()
+                        frame = _client_frame(await websocket.receive_text())
+                        if frame is not None and principal.role in RESPONDERS:
+                            await _shown(engine, principal, frame.incident_ids)
 
             tasks = [
                 asyncio.create_task(writer(), name="alerts.ws.writer"),

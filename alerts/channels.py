@@ -97,11 +97,13 @@ class Session:
     principal: Principal
     queue: asyncio.Queue[Notice]
     lagging: bool = False  # a message was dropped: the console must re-read its queue
+    # An incident nobody can place is shown only to the root of the area tree and to admins
+    # (decided at connect time by the endpoint, from the registry cache).
+    sees_unplaced: bool = False
 
     def covers(self, area_path: str | None) -> bool:
         if area_path is None:
-            # An incident nobody can place is shown to city-wide scopes only.
-            return "." not in self.principal.scope_path
+            return self.sees_unplaced
         return self.principal.covers(area_path)
 
 
@@ -133,8 +135,8 @@ class WebSocketHub:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def connect(self, principal: Principal) -> Session:
-        session = Session(principal, asyncio.Queue(self._queue_size))
+    def connect(self, principal: Principal, *, sees_unplaced: bool = False) -> Session:
+        session = Session(principal, asyncio.Queue(self._queue_size), sees_unplaced=sees_unplaced)
         self._sessions.add(session)
         if self._metrics:
             self._metrics.ws_sessions.set(len(self._sessions))

@@ -14,7 +14,8 @@ Paths into the incident layer:
 The incident writer (``write_loop``) writes inputs in order. When the database cannot be
 reached the input goes to a bounded pending list, replayed in order as soon as a write works
 again; replay is idempotent through the source key. After a restart ``reconcile`` looks for
-stored SOS presses with no incident (a crash between storage and the incident write).
+stored SOS presses and smoke/gas alarms with no incident (a crash between storage and the
+incident write).
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ class EngineConfig:
     reconcile_window_s: float = 3600.0
     gateway_callback_secret: str | None = None
     callback_tolerance_s: float = 300.0
+    # KPI days are local days of the hotline (an IANA zone name).
+    timezone: str = "Asia/Shanghai"
+    # Identical list reads by one user within this span are audited once, with a count (0: every
+    # read is a row). See alerts/audit.py.
+    audit_coalesce_s: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +102,7 @@ class RegistryCache:
     def __init__(self) -> None:
         self.devices: dict[str, Placement] = {}
         self.overrides: dict[str, Mapping[str, Any]] = {}
+        self.top_areas: frozenset[str] = frozenset()
         self.loaded = False
 
     async def load(self, conn: psycopg.AsyncConnection[Any]) -> set[str]:
@@ -118,9 +125,18 @@ class RegistryCache:
                 merged["news2"] = {**merged["news2"], "spo2_scale": 2}
             if merged:
                 overrides[str(rid)] = merged
+        cur = await conn.execute(
+            "SELECT path::text FROM areas WHERE nlevel(path) = 1 AND retired_at IS NULL"
+        )
+        self.top_areas = frozenset(str(r[0]) for r in await cur.fetchall())
         changed = {d for d, p in devices.items() if self.devices.get(d, p) != p}
         self.devices, self.overrides, self.loaded = devices, overrides, True
         return changed
+
+    def is_root(self, scope_path: str) -> bool:
+        """Whether the scope is the root of the area tree (the only top-level area); the
+        database's ``carecall_scope_is_root`` answers the same for SQL."""
+        return self.top_areas == {scope_path}
 
     def place(self, device_id: str) -> Placement:
         return self.devices.get(device_id, Placement(None, None))
@@ -231,7 +247,13 @@ class AlertEngine:
             }
         elif isinstance(item, HomeEvent) and item.state == "alarm":
             kind = DetectionKind.SMOKE if item.sensor == SensorType.SMOKE else DetectionKind.GAS
-            evidence = {"sensor": item.sensor.value, "state": item.state, "path": "live"}
+            evidence = {
+                "seq": env.seq,
+                "sensor": item.sensor.value,
+                "sensor_id": item.sensor_id or item.sensor.value,
+                "state": item.state,
+                "path": "live",
+            }
         else:
             return None
         d = make_detection(
@@ -485,37 +507,57 @@ class AlertEngine:
                 log.warning("registry cache refresh failed: %r", exc)
 
     async def reconcile(self) -> int:
-        """Stored SOS presses without an incident (a crash in between): queue them now."""
+        """Urgent readings stored without an incident (a crash between the live lane and the
+        incident write): SOS presses and smoke/gas alarms of the last ``reconcile_window_s``
+        are raised now, keyed exactly as the live lane keys them (so a known one is a no-op)."""
+        window_s = self.config.reconcile_window_s
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT device_id, extract(epoch FROM device_time)::float8,"
-                " extract(epoch FROM received_at)::float8, lat, lon, seq FROM sos_presses"
-                " WHERE action = 'press' AND received_at > now() - make_interval(secs => %s)",
-                (self.config.reconcile_window_s,),
+                """SELECT 'sos', device_id, extract(epoch FROM device_time)::float8,
+                          extract(epoch FROM received_at)::float8, seq, lat, lon, NULL, NULL
+                   FROM sos_presses
+                   WHERE action = 'press' AND received_at > now() - make_interval(secs => %(w)s)
+                   UNION ALL
+                   SELECT sensor, device_id, extract(epoch FROM device_time)::float8,
+                          extract(epoch FROM received_at)::float8, seq, NULL, NULL, sensor,
+                          sensor_id
+                   FROM home_events
+                   WHERE sensor IN ('smoke', 'gas') AND state = 'alarm'
+                     AND received_at > now() - make_interval(secs => %(w)s)""",
+                {"w": window_s},
             )
             rows = await cur.fetchall()
-            keys = [source_key("sos", r[0], r[1]) for r in rows]
+            keys = [source_key(r[0], r[1], r[2]) for r in rows]
             cur = await conn.execute(
                 "SELECT source_key FROM incident_sources WHERE source_key = ANY(%s)", (keys,)
             )
             known = {r[0] for r in await cur.fetchall()}
-        n = 0
-        for (device_id, event_ts, received_ts, lat, lon, seq), key in zip(rows, keys, strict=True):
+        raised: collections.Counter[str] = collections.Counter()
+        for row, key in zip(rows, keys, strict=True):
+            kind, device_id, event_ts, received_ts, seq, lat, lon, sensor, sensor_id = row
             if key in known:
                 continue
+            evidence: dict[str, Any] = {"seq": seq, "path": "reconcile"}
+            if kind == "sos":
+                evidence.update(lat=lat, lon=lon)
+            else:
+                evidence.update(sensor=sensor, sensor_id=sensor_id or sensor, state="alarm")
             d = make_detection(
                 device_id=device_id,
                 resident_id=None,
-                kind=DetectionKind.SOS,
+                kind=DetectionKind(kind),
                 event_ts=event_ts,
                 detected_ts=received_ts,
-                evidence={"seq": seq, "lat": lat, "lon": lon, "path": "reconcile"},
+                evidence=evidence,
             )
             self.submit(_with(self._input(d), broker_ts=received_ts))
-            n += 1
-        if n:
-            log.warning("reconcile: %d stored SOS presses had no incident; raising them now", n)
-        return n
+            raised[kind] += 1
+        if raised:
+            log.warning(
+                "reconcile: stored urgent readings had no incident; raising them now: %s",
+                dict(raised),
+            )
+        return sum(raised.values())
 
     def loops(self) -> list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]]:
         loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [

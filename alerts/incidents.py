@@ -14,12 +14,19 @@ window or a dispatcher's decision with a reason. Every transition appends to
 One open incident per episode is the database's job: the partial unique index
 ``incidents_one_open`` and one ``INSERT ... ON CONFLICT ... DO UPDATE`` decide, so two
 detections racing on two connections (or two servers) end in one incident with two
-detections. A detection's ``source_key`` is recorded first; its second arrival (the live lane
-and the rule runner both see an SOS; a replay after an outage) changes nothing.
+detections. A detection's identity is recorded first (``incident_sources``): the same event
+arriving again changes nothing, whether its incident is open or long closed -- the same
+source key (the live lane and the rule runner both see an SOS; a replay after an outage), the
+same device sequence number (a device re-sending its press), or, for a fall, an impact time
+within ``SAME_EVENT_S`` (the same impact re-detected). See docs/alerts.md.
+
+Scoped reads and actions take the caller's scope path (and whether they are an admin): an
+incident of a device nobody can place is visible only at the root of the area tree.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -29,6 +36,7 @@ from typing import Any, Final
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from psycopg.types.range import Range
 
 from alerts import escalation, routing
 from alerts.channels import INCIDENT_OPENED, Notice
@@ -72,9 +80,19 @@ VITALS_KINDS: Final = frozenset({DetectionKind.VITALS_ABNORMAL, DetectionKind.NE
 CLEARS: Final = {DetectionKind.VITALS_RECOVERED: DetectionKind.VITALS_ABNORMAL}
 MAX_EVIDENCE: Final = 20  # evidence kept per incident; the count goes on
 
+# A caller sees the incidents inside their scope; incidents of a device nobody can place
+# (area_path NULL) only when their scope is the root of the area tree, or they are an admin.
 _SCOPE_SQL: Final = (
-    "(i.area_path <@ %(scope)s::ltree OR (i.area_path IS NULL AND nlevel(%(scope)s::ltree) = 1))"
+    "(i.area_path <@ %(scope)s::ltree OR (i.area_path IS NULL"
+    " AND (%(admin)s OR carecall_scope_is_root(%(scope)s::ltree))))"
 )
+# How far apart (device clock) two detections of one device and kind may be and still be the
+# same event (re-detected after a restart or a replay), by kind; other kinds count as the same
+# event only with the same source key or sequence number. A fall's impact time can move by up
+# to the detector's peak search when it is re-detected from partial history; the detector
+# never reports two falls of one device closer than its refractory span (10 s).
+SAME_EVENT_S: Final = {DetectionKind.FALL: 2.0}
+SAME_MESSAGE_S: Final = 12 * 3600.0  # a sequence number seen again within this is a resend
 
 
 def source_key(kind: str, device_id: str, event_ts: float, extra: str = "") -> str:
@@ -102,6 +120,7 @@ class IncidentInput:
     lat: float | None = None
     lon: float | None = None
     clears: bool = False
+    seq: int | None = None  # the device's sequence number, for detections that are a message
 
     @property
     def episode_key(self) -> str:
@@ -121,6 +140,7 @@ class IncidentInput:
     ) -> IncidentInput:
         extra = str(d.evidence.get("parameter") or "")
         lat, lon = d.evidence.get("lat"), d.evidence.get("lon")
+        seq = d.evidence.get("seq")
         return cls(
             source_key=source_key(
                 d.kind.value + (":clear" if d.clears else ""), d.device_id, d.event_ts, extra
@@ -138,7 +158,22 @@ class IncidentInput:
             lat=lat if isinstance(lat, float) else None,
             lon=lon if isinstance(lon, float) else None,
             clears=d.clears,
+            seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
         )
+
+
+def _spans(inp: IncidentInput) -> tuple[Range[dt.datetime] | None, Range[dt.datetime] | None]:
+    """The detection's event span (kind's tolerance) and sequence-number span, if any."""
+    event = ts(inp.event_ts)
+    event_span = seq_span = None
+    tolerance_s = SAME_EVENT_S.get(inp.kind)
+    if tolerance_s is not None:
+        half = dt.timedelta(seconds=tolerance_s / 2)
+        event_span = Range(event - half, event + half, "[)")
+    if inp.seq is not None:
+        window = dt.timedelta(seconds=SAME_MESSAGE_S)
+        seq_span = Range(event - window, event + window, "[)")
+    return event_span, seq_span
 
 
 def _finite(evidence: Mapping[str, Any]) -> dict[str, Any]:
@@ -180,17 +215,8 @@ class IncidentStore:
             return await self._resident_cancel(conn, inp, now_ts)
         if inp.clears or inp.kind in CLEARS:
             return await self._clear(conn, inp, now_ts)
-        cur = await conn.execute(
-            "INSERT INTO incident_sources (source_key) VALUES (%s) ON CONFLICT DO NOTHING"
-            " RETURNING source_key",
-            (inp.source_key,),
-        )
-        if await cur.fetchone() is None:
-            cur = await conn.execute(
-                "SELECT incident_id FROM incident_sources WHERE source_key = %s", (inp.source_key,)
-            )
-            row = await cur.fetchone()
-            return Recorded("duplicate", None if row is None else row[0])
+        if not await self._claim_source(conn, inp):
+            return await self._duplicate(conn, inp, now_ts)
         reason = await self._suppression(conn, inp, now_ts)
         if reason is not None:
             return Recorded("suppressed")
@@ -299,6 +325,65 @@ class IncidentStore:
             now_ts=now_ts,
         )
         return Recorded("opened", incident_id, tuple(notices))
+
+    async def _claim_source(self, conn: psycopg.AsyncConnection[Any], inp: IncidentInput) -> bool:
+        """Record the detection's identity; False when it is an event already recorded.
+
+        One statement against the primary key (the same source key) and the two exclusion
+        constraints (same sequence number; event time within the kind's tolerance): a racing
+        twin on another connection waits for this one to commit, then conflicts.
+        """
+        event_span, seq_span = _spans(inp)
+        cur = await conn.execute(
+            "INSERT INTO incident_sources (source_key, device_id, kind, seq, event_span, seq_span)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING source_key",
+            (inp.source_key, inp.device_id, inp.kind.value, inp.seq, event_span, seq_span),
+        )
+        return await cur.fetchone() is not None
+
+    async def _duplicate(
+        self, conn: psycopg.AsyncConnection[Any], inp: IncidentInput, now_ts: float
+    ) -> Recorded:
+        """The same event again: nothing opens or joins; a closed incident notes the repeat."""
+        event_span, seq_span = _spans(inp)
+        cur = await conn.execute(
+            """SELECT s.incident_id, i.state FROM incident_sources s
+                   LEFT JOIN incidents i USING (incident_id)
+               WHERE s.source_key = %(key)s
+                  OR (s.device_id = %(dev)s AND s.kind = %(kind)s
+                      AND (s.event_span && %(event_span)s::tstzrange
+                           OR (s.seq = %(seq)s AND s.seq_span && %(seq_span)s::tstzrange)))
+               ORDER BY s.source_key = %(key)s DESC, s.incident_id DESC NULLS LAST LIMIT 1""",
+            {
+                "key": inp.source_key,
+                "dev": inp.device_id,
+                "kind": inp.kind.value,
+                "seq": inp.seq,
+                "event_span": event_span,
+                "seq_span": seq_span,
+            },
+        )
+        row = await cur.fetchone()
+        incident_id = None if row is None or row[0] is None else int(row[0])
+        if incident_id is None or row is None or row[1] not in CLOSED_STATES:
+            return Recorded("duplicate", incident_id)
+        cur = await conn.execute(
+            "SELECT 1 FROM incident_events WHERE incident_id = %s"
+            " AND action = 'repeat_after_close' AND detail ->> 'source_key' = %s",
+            (incident_id, inp.source_key),
+        )
+        if await cur.fetchone() is None:
+            # Visible in the closed incident's history, never a silent drop; once per source
+            # key (the live lane and the rule runner both hand each reading over).
+            await add_event(
+                conn,
+                incident_id,
+                at_ts=now_ts,
+                actor="system",
+                action="repeat_after_close",
+                detail={"source_key": inp.source_key, "seq": inp.seq, "event_ts": inp.event_ts},
+            )
+        return Recorded("duplicate", incident_id)
 
     def _observe_open(self, inp: IncidentInput, now_ts: float) -> None:
         m, sev, area = self.metrics, inp.severity.value, inp.area_path
@@ -475,7 +560,7 @@ class IncidentStore:
         )
 
     async def _locked(
-        self, conn: psycopg.AsyncConnection[Any], incident_id: int, scope: str
+        self, conn: psycopg.AsyncConnection[Any], incident_id: int, scope: str, admin: bool
     ) -> dict[str, Any]:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(
@@ -483,7 +568,7 @@ class IncidentStore:
             " extract(epoch FROM i.raised_at) AS raised_ts,"
             " extract(epoch FROM i.acknowledged_at) AS ack_ts"
             f" FROM incidents i WHERE i.incident_id = %(id)s AND {_SCOPE_SQL} FOR UPDATE",
-            {"id": incident_id, "scope": scope},
+            {"id": incident_id, "scope": scope, "admin": admin},
         )
         row = await cur.fetchone()
         if row is None:
@@ -497,10 +582,11 @@ class IncidentStore:
         *,
         actor: str,
         scope: str,
+        admin: bool = False,
         now_ts: float,
     ) -> str:
         async with conn.transaction():
-            inc = await self._locked(conn, incident_id, scope)
+            inc = await self._locked(conn, incident_id, scope, admin)
             if inc["state"] not in ("raised", "delivered"):
                 raise InvalidTransitionError(incident_id, inc["state"], "acknowledge")
             await conn.execute(
@@ -531,12 +617,13 @@ class IncidentStore:
         *,
         actor: str,
         scope: str,
+        admin: bool = False,
         now_ts: float,
         help_sent: Sequence[str],
         note: str = "",
     ) -> str:
         async with conn.transaction():
-            inc = await self._locked(conn, incident_id, scope)
+            inc = await self._locked(conn, incident_id, scope, admin)
             if inc["state"] not in ("acknowledged", "dispatched"):
                 raise InvalidTransitionError(
                     incident_id, inc["state"], "dispatch", "acknowledge it first"
@@ -570,12 +657,13 @@ class IncidentStore:
         *,
         actor: str,
         scope: str,
+        admin: bool = False,
         now_ts: float,
         outcome: str,
         reason: str | None = None,
     ) -> str:
         async with conn.transaction():
-            inc = await self._locked(conn, incident_id, scope)
+            inc = await self._locked(conn, incident_id, scope, admin)
             state = inc["state"]
             if state in CLOSED_STATES:
                 raise InvalidTransitionError(incident_id, state, "resolve")
@@ -605,11 +693,12 @@ class IncidentStore:
         *,
         actor: str,
         scope: str,
+        admin: bool = False,
         now_ts: float,
         reason: str,
     ) -> str:
         async with conn.transaction():
-            inc = await self._locked(conn, incident_id, scope)
+            inc = await self._locked(conn, incident_id, scope, admin)
             if inc["state"] not in ("raised", "delivered", "acknowledged"):
                 raise InvalidTransitionError(incident_id, inc["state"], "cancel")
             await self._close(
@@ -631,11 +720,12 @@ class IncidentStore:
         *,
         actor: str,
         scope: str,
+        admin: bool = False,
         now_ts: float,
         text: str,
     ) -> None:
         async with conn.transaction():
-            await self._locked(conn, incident_id, scope)
+            await self._locked(conn, incident_id, scope, admin)
             await add_event(
                 conn, incident_id, at_ts=now_ts, actor=actor, action="note", detail={"text": text}
             )
@@ -666,12 +756,54 @@ class IncidentStore:
         self.metrics.hop("push", pushed_ts - float(row[2]), row[0], row[1])
         return True
 
+    async def mark_shown(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        incident_ids: Sequence[int],
+        *,
+        actor: str,
+        scope: str,
+        admin: bool = False,
+        now_ts: float,
+    ) -> list[int]:
+        """A dispatcher's console confirmed these incidents are on its screen.
+
+        The ones still ``raised`` and inside the caller's scope become ``delivered`` now (with
+        the screen hop of the trace and its histogram); the rest are left alone, so a console
+        that connects, reconnects or re-reads its queue later delivers what nobody saw yet.
+        """
+        async with conn.transaction():
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"""UPDATE incidents i SET state = 'delivered', pushed_at = %(now)s
+                    WHERE i.incident_id = ANY(%(ids)s) AND i.state = 'raised' AND {_SCOPE_SQL}
+                    RETURNING i.incident_id, i.severity, i.area_path::text AS area_path,
+                              extract(epoch FROM i.raised_at)::float8 AS raised_ts""",
+                {"ids": list(incident_ids), "now": ts(now_ts), "scope": scope, "admin": admin},
+            )
+            rows = await cur.fetchall()
+            for r in rows:
+                await add_event(
+                    conn,
+                    r["incident_id"],
+                    at_ts=now_ts,
+                    actor=actor,
+                    action="delivered",
+                    from_state="raised",
+                    to_state="delivered",
+                    detail={"via": "console"},
+                )
+        for r in rows:
+            self.metrics.hop("push", now_ts - r["raised_ts"], r["severity"], r["area_path"])
+        return [int(r["incident_id"]) for r in rows]
+
     # -- reads ---------------------------------------------------------------------------------
     async def queue(
         self,
         conn: psycopg.AsyncConnection[Any],
         *,
         scope: str,
+        admin: bool = False,
         states: Sequence[str] = OPEN_STATES,
         severities: Sequence[str] | None = None,
         limit: int = 200,
@@ -689,6 +821,7 @@ class IncidentStore:
                 ORDER BY i.priority, i.raised_at LIMIT %(limit)s""",
             {
                 "scope": scope,
+                "admin": admin,
                 "states": list(states),
                 "sev": None if severities is None else list(severities),
                 "limit": limit,
@@ -697,13 +830,18 @@ class IncidentStore:
         return await cur.fetchall()
 
     async def detail(
-        self, conn: psycopg.AsyncConnection[Any], incident_id: int, *, scope: str
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        incident_id: int,
+        *,
+        scope: str,
+        admin: bool = False,
     ) -> dict[str, Any]:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(
             f"""SELECT i.*, i.area_path::text AS area_path FROM incidents i
                 WHERE i.incident_id = %(id)s AND {_SCOPE_SQL}""",
-            {"id": incident_id, "scope": scope},
+            {"id": incident_id, "scope": scope, "admin": admin},
         )
         inc = await cur.fetchone()
         if inc is None:

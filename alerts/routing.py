@@ -66,9 +66,11 @@ async def supervisors(
 ) -> list[tuple[str, str | None]]:
     """Supervisors whose scope covers the area (on duty first): (username, phone)."""
     if area_path is None:
+        # Nobody can place the device: only the root of the area tree covers it.
         cur = await conn.execute(
             """SELECT username, phone FROM staff_users
-               WHERE role = 'supervisor' AND retired_at IS NULL AND nlevel(scope_path) = 1
+               WHERE role = 'supervisor' AND retired_at IS NULL
+                 AND carecall_scope_is_root(scope_path)
                ORDER BY on_duty DESC, username"""
         )
     else:

@@ -83,6 +83,8 @@ async def _run_alerts(rt: Runtime) -> AsyncIterator[None]:
         escalation_interval_s=s.alerts_escalation_interval_s,
         db_timeout_s=s.db_connect_timeout_s,
         gateway_callback_secret=secret(s.alerts_gateway_callback_secret),
+        timezone=s.alerts_timezone,
+        audit_coalesce_s=s.alerts_audit_coalesce_s,
     )
     # Split by role (docs/ingest.md, "Two processes"): the worker runs the rules on the
     # reading stream and writes what they detect; the front shows urgent readings from the

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import zoneinfo
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The development placeholder: refused in production. 32+ bytes, as HS256 keys should be.
@@ -94,6 +95,11 @@ class Settings(BaseSettings):
     alerts_gateway_api_key: SecretStr | None = None
     alerts_gateway_callback_secret: SecretStr | None = None
     alerts_public_url: str = "http://127.0.0.1:8080"  # where the gateway posts call results
+    # KPIs roll up per local day of the hotline: an IANA zone name.
+    alerts_timezone: str = "Asia/Shanghai"
+    # Identical list reads (a console refreshing its queue) by one user within this span are
+    # audited once with a count; 0 audits every read (docs/alerts.md, "Access").
+    alerts_audit_coalesce_s: float = Field(default=600.0, ge=0)
 
     # Failed logins (devices/login.py): after login_free_failures failures within
     # login_failure_window_s, a username or source IP is locked out for login_lockout_base_s,
@@ -112,6 +118,17 @@ class Settings(BaseSettings):
     # so a reading wobbling around the threshold does not flap.
     battery_low_pct: float = Field(default=20.0, ge=0, le=100)
     battery_hysteresis_pct: float = Field(default=5.0, ge=0, le=50)
+
+    @field_validator("alerts_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"unknown time zone {value!r} (an IANA name, e.g. Asia/Shanghai)"
+            ) from exc
+        return value
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

@@ -40,8 +40,7 @@ HERE: Final = Path(__file__).resolve().parent
 STATIC_DIR: Final = HERE / "static"
 OPS_ROLES: Final = ("operator", "supervisor", "admin")
 SERVICE_KEY: Final = "web.ops"
-# KPI days are local days of the hotline (alerts.kpi groups by this zone too).
-KPI_ZONE: Final = "Asia/Shanghai"
+# KPI days are local days of the hotline: CARECALL_ALERTS_TIMEZONE (as the alerts API uses).
 _QUERY_TIMEOUT_S: Final = 3.0
 
 # Nothing is loaded from anywhere but this server: no CDN, no tiles, no web fonts. The
@@ -60,8 +59,10 @@ _PAGE_HEADERS: Final = {
 
 OpsReader = Annotated[Principal, require_roles(*OPS_ROLES)]
 _DEVICE_SCOPE: Final = "(d.area_path <@ %(scope)s::ltree OR (d.area_path IS NULL AND %(stock)s))"
+# As alerts/incidents.py: unplaced incidents only for the root of the area tree and admins.
 _INCIDENT_SCOPE: Final = (
-    "(i.area_path <@ %(scope)s::ltree OR (i.area_path IS NULL AND nlevel(%(scope)s::ltree) = 1))"
+    "(i.area_path <@ %(scope)s::ltree OR (i.area_path IS NULL"
+    " AND (%(admin)s OR carecall_scope_is_root(%(scope)s::ltree))))"
 )
 _OPEN_STATES: Final = ["raised", "delivered", "acknowledged", "dispatched"]
 
@@ -94,9 +95,9 @@ def _sampler(rt: Runtime) -> OpsSampler:
     return OpsSampler(rt.metrics.registry)
 
 
-def _today() -> dt.date:
+def _today(zone: str) -> dt.date:
     try:
-        return dt.datetime.now(ZoneInfo(KPI_ZONE)).date()
+        return dt.datetime.now(ZoneInfo(zone)).date()
     except ZoneInfoNotFoundError:
         return dt.datetime.now(dt.UTC).date()
 
@@ -134,7 +135,11 @@ async def _incidents(rt: Runtime, principal: Principal) -> dict[str, Any]:
                 FROM incidents i
                 WHERE i.state = ANY(%(open)s) AND {_INCIDENT_SCOPE}
                 GROUP BY 1, 2""",
-            {"scope": principal.scope_path, "open": _OPEN_STATES},
+            {
+                "scope": principal.scope_path,
+                "admin": principal.role == "admin",
+                "open": _OPEN_STATES,
+            },
         )
         rows = await cur.fetchall()
         cur = await conn.execute(
@@ -163,10 +168,18 @@ async def _kpis(rt: Runtime, principal: Principal, level: str) -> dict[str, Any]
         from alerts.kpi import kpis  # noqa: PLC0415 - optional: the dashboard runs without it
     except ImportError:
         return None
-    until = _today()
+    zone = rt.settings.alerts_timezone
+    until = _today(zone)
     since = until - dt.timedelta(days=6)
     async with rt.pool.connection() as conn:
-        rows = await kpis(conn, scope=principal.scope_path, level=level, since=since, until=until)
+        rows = await kpis(
+            conn,
+            scope=principal.scope_path,
+            level=level,
+            since=since,
+            until=until,
+            timezone=zone,
+        )
     return {"level": level, "since": since, "until": until, "rows": rows}
 
 

@@ -119,3 +119,15 @@ async def test_hub_sends_only_within_scope() -> None:
         1,
         0,
     )
+
+
+async def test_hub_shows_unplaced_incidents_only_to_sessions_that_may_see_them() -> None:
+    hub = WebSocketHub()
+    city = hub.connect(Principal(1, "c", "dispatcher", "sjz"))  # one city among several
+    root = hub.connect(Principal(2, "r", "dispatcher", "sjz"), sees_unplaced=True)
+    admin = hub.connect(Principal(3, "a", "admin", "sjz.a"), sees_unplaced=True)
+    n = hub.publish(
+        Notice(kind="live_alarm", key="k", area_path=None, severity="critical", body={})
+    )
+    assert n == 2
+    assert (city.queue.qsize(), root.queue.qsize(), admin.queue.qsize()) == (0, 1, 1)

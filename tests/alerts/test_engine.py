@@ -1,10 +1,13 @@
-"""The engine's loops: live lane (press, "I am OK"), presence faults, restart mid-escalation."""
+"""The engine's loops: live lane (press, "I am OK"), presence faults, restart mid-escalation,
+urgent readings recovered after a crash."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -16,8 +19,10 @@ from alerts.engine import EngineConfig
 from alerts.live import LiveLane
 from alerts.setup import alert_engine
 from devices.readings import Envelope, SosPress
-from tests.alerts.world import World
-from tests.fixtures.services import eventually
+from tests.alerts.server import serve, server_settings
+from tests.alerts.world import World, build_world
+from tests.fixtures.services import Publisher, eventually
+from tests.ingest.helpers import payload
 
 
 @dataclass(frozen=True)
@@ -138,3 +143,79 @@ async def _count(db: psycopg.AsyncConnection[Any], iid: int, action: str, n: int
     )
     row = await cur.fetchone()
     return row is not None and row[0] == n
+
+
+async def test_urgent_readings_stored_before_a_crash_are_raised_at_start_up(
+    pool: AsyncConnectionPool[Any], migrated_db: str, db, uid: str, spool_dir: Path
+) -> None:
+    """The bridge stored an SOS, a smoke and a gas alarm, then the process died before the
+    alert side wrote any incident: a fresh engine raises all three at start-up, once."""
+    w = await build_world(db, uid)
+    home = f"{uid}-r1home"
+    await db.execute(
+        "INSERT INTO devices (device_id, resident_id, device_type, position)"
+        " VALUES (%s, %s, 'home_gateway', 'home')",
+        (home, w.residents["r1"]),
+    )
+    settings = server_settings(migrated_db, uid, spool_dir)
+    root = settings.topic_root
+    now = time.time()
+    readings = [
+        (f"{root}/{w.devices['r1']}/sos", payload(ts=now, seq=1)),
+        (f"{root}/{home}/event", payload(ts=now, seq=1, sensor="smoke", state="alarm")),
+        (f"{root}/{home}/event", payload(ts=now + 1, seq=2, sensor="gas", state="alarm")),
+        # Neither a test press nor a water leak is an urgent reading.
+        (f"{root}/{home}/event", payload(ts=now + 2, seq=3, sensor="smoke", state="test")),
+        (f"{root}/{home}/event", payload(ts=now + 3, seq=4, sensor="water", state="leak")),
+    ]
+    pub = Publisher()
+    try:
+        # Ingest without the alert side: the readings are stored, no incident is written.
+        async with serve(settings, features=()) as (rt, _host):
+            await rt.source.client.wait_connected(5)
+            await asyncio.to_thread(pub.publish_many, readings)
+            await eventually(lambda: _stored(db, [w.devices["r1"], home], 5))
+    finally:
+        pub.close()
+    assert await _rows(db, w, "sos") == []
+
+    for attempt in range(2):  # a second start finds nothing left to raise
+        async with (
+            alert_engine(
+                pool=pool,
+                conninfo=migrated_db,
+                registry=CollectorRegistry(),
+                config=EngineConfig(),
+            ) as engine,
+            engine.running(),
+        ):
+            if attempt == 0:
+                await eventually(lambda: _kinds(db, w.residents["r1"], 3))
+            else:
+                assert await engine.reconcile() == 0
+    cur = await db.execute(
+        "SELECT kind, severity, state, detections, evidence -> 0 ->> 'path' FROM incidents"
+        " WHERE resident_id = %s ORDER BY kind",
+        (w.residents["r1"],),
+    )
+    assert await cur.fetchall() == [
+        ("gas", "critical", "raised", 1, "reconcile"),
+        ("smoke", "critical", "raised", 1, "reconcile"),
+        ("sos", "critical", "raised", 1, "reconcile"),
+    ]
+
+
+async def _stored(db: psycopg.AsyncConnection[Any], devices: list[str], n: int) -> bool:
+    cur = await db.execute(
+        "SELECT (SELECT count(*) FROM sos_presses WHERE device_id = ANY(%(d)s))"
+        " + (SELECT count(*) FROM home_events WHERE device_id = ANY(%(d)s))",
+        {"d": devices},
+    )
+    row = await cur.fetchone()
+    return row is not None and row[0] == n
+
+
+async def _kinds(db: psycopg.AsyncConnection[Any], resident_id: int, n: int) -> bool:
+    cur = await db.execute("SELECT count(*) FROM incidents WHERE resident_id = %s", (resident_id,))
+    row = await cur.fetchone()
+    return row is not None and row[0] >= n

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
+from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
+from alerts import routing
 from alerts.clock import ManualClock
-from alerts.engine import AlertEngine
+from alerts.engine import AlertEngine, RegistryCache
 from alerts.errors import IncidentNotFoundError, InvalidTransitionError
 from alerts.incidents import IncidentInput, IncidentStore
-from alerts.rules.detection import DetectionKind, Severity
-from tests.alerts.world import World, det
+from alerts.kpi import kpis
+from alerts.metrics import AlertMetrics
+from alerts.rules.detection import DetectionKind, Severity, make_detection
+from ingest.migrate import migrate
+from tests.alerts.world import World, build_world, det
+from tests.fixtures.services import scratch_database
 
 
 async def incidents(db: psycopg.AsyncConnection[Any], w: World) -> list[tuple[Any, ...]]:
@@ -39,9 +47,10 @@ async def test_duplicate_sos_and_repeated_falls_make_one_incident_each(
         resent = await store.record(conn, det(world, DetectionKind.SOS, now - 1, seq=2), now_ts=now)
         # A second, real press while the first is open joins the open incident.
         second = await store.record(conn, det(world, DetectionKind.SOS, now + 5), now_ts=now + 5)
+        # Three falls a quarter of a minute apart (the detector's refractory span is 10 s).
         falls = [
-            await store.record(conn, det(world, DetectionKind.FALL, now + i), now_ts=now + i)
-            for i in range(3)
+            await store.record(conn, det(world, DetectionKind.FALL, now + t), now_ts=now + t)
+            for t in (0, 15, 30)
         ]
     assert first.action == "opened"
     assert again.action == resent.action == "duplicate"
@@ -67,8 +76,10 @@ async def test_concurrent_detections_race_without_a_duplicate(
     try:
         for round_ in range(20):
             kind = DetectionKind.FALL if round_ % 2 else DetectionKind.SOS
-            a = det(world, kind, now + round_, n=0)
-            b = det(world, kind, now + round_ + 0.5, n=1)
+            # Two different events of one episode (a fall 5 s after another is a second
+            # fall, not the first one re-detected).
+            a = det(world, kind, now + 20 * round_, n=0)
+            b = det(world, kind, now + 20 * round_ + 5, n=1)
             results = await asyncio.gather(
                 store.record(conns[0], a, now_ts=now), store.record(conns[1], b, now_ts=now)
             )
@@ -199,3 +210,190 @@ async def test_offline_device_and_maintenance_suppress_visibly(
 
 def _fields(inp: IncidentInput) -> dict[str, Any]:
     return {f: getattr(inp, f) for f in inp.__slots__}  # type: ignore[attr-defined]
+
+
+async def _resolve(store: IncidentStore, conn: Any, w: World, iid: int | None, now: float) -> None:
+    assert iid is not None
+    await store.resolve(
+        conn, iid, actor="t", scope=w.city, now_ts=now, outcome="test", reason="closed by test"
+    )
+
+
+async def test_the_same_event_after_close_opens_nothing_a_new_one_does(
+    engine: AlertEngine, pool: AsyncConnectionPool[Any], db, world: World, clock: ManualClock
+) -> None:
+    store, now = engine.store, clock.now()
+    async with pool.connection() as conn:
+        press = await store.record(conn, det(world, DetectionKind.SOS, now, seq=7), now_ts=now)
+        await _resolve(store, conn, world, press.incident_id, now + 60)
+        # The device re-sends the press it already sent: exactly, then re-stamped (same seq).
+        exact = await store.record(conn, det(world, DetectionKind.SOS, now, seq=7), now_ts=now + 90)
+        restamped = await store.record(
+            conn, det(world, DetectionKind.SOS, now + 80, seq=7), now_ts=now + 91
+        )
+        # A new press (new seq, new time) is a new emergency.
+        new_press = await store.record(
+            conn, det(world, DetectionKind.SOS, now + 100, seq=8), now_ts=now + 100
+        )
+
+        fall = await store.record(conn, det(world, DetectionKind.FALL, now), now_ts=now + 3)
+        await _resolve(store, conn, world, fall.incident_id, now + 120)
+        # The rule engine re-detects the same impact (e.g. after a restart, from a replay that
+        # starts later in the window: the peak moves by a few hundred ms).
+        redetected = await store.record(
+            conn, det(world, DetectionKind.FALL, now + 0.4), now_ts=now + 130
+        )
+        second_fall = await store.record(
+            conn, det(world, DetectionKind.FALL, now + 140), now_ts=now + 143
+        )
+    assert press.action == new_press.action == fall.action == second_fall.action == "opened"
+    assert (exact.action, exact.incident_id) == ("duplicate", press.incident_id)
+    assert (restamped.action, restamped.incident_id) == ("duplicate", press.incident_id)
+    assert (redetected.action, redetected.incident_id) == ("duplicate", fall.incident_id)
+    assert new_press.incident_id != press.incident_id
+    assert second_fall.incident_id != fall.incident_id
+    rows = await incidents(db, world)
+    assert [(r[1], r[2], r[3]) for r in rows] == [
+        ("sos", "resolved", 1),
+        ("sos", "raised", 1),
+        ("fall", "resolved", 1),
+        ("fall", "raised", 1),
+    ]
+    # The repeats are visible in the closed incidents' histories, not dropped silently.
+    cur = await db.execute(
+        "SELECT incident_id, count(*) FROM incident_events WHERE action = 'repeat_after_close'"
+        " AND incident_id = ANY(%s) GROUP BY 1 ORDER BY 1",
+        ([press.incident_id, fall.incident_id],),
+    )
+    assert await cur.fetchall() == [(press.incident_id, 2), (fall.incident_id, 1)]
+
+
+async def test_the_same_impact_racing_on_two_connections_is_one_detection(
+    engine: AlertEngine, migrated_db: str, db, world: World, clock: ManualClock
+) -> None:
+    store = IncidentStore(metrics=engine.metrics, cancel_window_s=60)
+    now = clock.now()
+    conns = [await psycopg.AsyncConnection.connect(migrated_db, autocommit=True) for _ in range(2)]
+    try:
+        for round_ in range(10):
+            t = now + 30 * round_
+            a = det(world, DetectionKind.FALL, t, n=0)
+            b = det(world, DetectionKind.FALL, t + 0.3, n=1)  # the same impact, seen twice
+            results = await asyncio.gather(
+                store.record(conns[0], a, now_ts=t + 4), store.record(conns[1], b, now_ts=t + 4)
+            )
+            assert sorted(r.action for r in results) == ["duplicate", "opened"]
+            assert results[0].incident_id == results[1].incident_id
+            async with engine.pool.connection() as conn:
+                await _resolve(store, conn, world, results[0].incident_id, t + 10)
+    finally:
+        for c in conns:
+            await c.close()
+    rows = await incidents(db, world)
+    assert len(rows) == 10 and all(r[3] == 1 for r in rows)
+
+
+def _unplaced(device_id: str, now: float) -> IncidentInput:
+    d = make_detection(
+        device_id=device_id,
+        resident_id=None,
+        kind=DetectionKind.SOS,
+        event_ts=now,
+        detected_ts=now,
+        evidence={},
+    )
+    return IncidentInput.from_detection(d, resident_id=None, area_path=None)
+
+
+async def test_unplaced_incidents_are_not_shown_to_a_city_among_cities(
+    engine: AlertEngine, pool: AsyncConnectionPool[Any], db, world: World, clock: ManualClock
+) -> None:
+    """Two cities (or more: every test adds one): neither is the root of the tree."""
+    other = f"y{world.uid}"
+    await db.execute(
+        "INSERT INTO areas (area_id, path, level, name) VALUES (%s, %s::ltree, 'city', %s)",
+        (other, other, other),
+    )
+    store, now = engine.store, clock.now()
+    async with pool.connection() as conn:
+        rec = await store.record(conn, _unplaced(f"{world.uid}-stock", now), now_ts=now)
+        iid = rec.incident_id
+        assert iid is not None
+        city = world.staff["disp_city"].scope_path
+        assert iid not in [r["incident_id"] for r in await store.queue(conn, scope=city)]
+        with pytest.raises(IncidentNotFoundError):
+            await store.detail(conn, iid, scope=city)
+        with pytest.raises(IncidentNotFoundError):
+            await store.acknowledge(conn, iid, actor="c", scope=city, now_ts=now)
+        # An admin sees it, whatever their scope.
+        assert iid in [r["incident_id"] for r in await store.queue(conn, scope=city, admin=True)]
+        await store.acknowledge(conn, iid, actor="admin", scope=city, admin=True, now_ts=now + 1)
+        # Nobody's supervisor is paged for it either: no supervisor's scope is the root.
+        assert await routing.supervisors(conn, None) == []
+    await engine.cache.load(db)
+    assert not engine.cache.is_root(world.city)
+
+
+async def test_unplaced_incidents_go_to_the_root_of_a_single_city_tree(
+    clock: ManualClock,
+) -> None:
+    """A deployment with one city: its city-level staff are the root and see them."""
+    with scratch_database() as url:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await migrate(conn)
+            w = await build_world(conn, "solo")
+            store = IncidentStore(metrics=AlertMetrics(CollectorRegistry()), cancel_window_s=60)
+            now = clock.now()
+            rec = await store.record(conn, _unplaced("stock-1", now), now_ts=now)
+            city = w.staff["disp_city"].scope_path
+            district = w.staff["disp_da"].scope_path
+            assert [r["incident_id"] for r in await store.queue(conn, scope=city)] == [
+                rec.incident_id
+            ]
+            assert await store.queue(conn, scope=district) == []
+            assert [u for u, _ in await routing.supervisors(conn, None)] == [
+                w.staff["sup"].username
+            ]
+            cache = RegistryCache()
+            await cache.load(conn)
+            assert cache.is_root(city) and not cache.is_root(district)
+
+
+async def test_kpis_roll_up_per_local_day(
+    engine: AlertEngine, pool: AsyncConnectionPool[Any], world: World
+) -> None:
+    """23:30 and 00:30 in Shanghai are two days there, one day in UTC."""
+    late = dt.datetime(2026, 3, 9, 23, 30, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
+    early = late + 3600  # 00:30 on the 10th, 16:30 UTC on the 9th
+    store = engine.store
+    async with pool.connection() as conn:
+        for raised in (late, early):
+            rec = await store.record(
+                conn, det(world, DetectionKind.FALL, raised - 5), now_ts=raised
+            )
+            assert rec.action == "opened"
+            await store.acknowledge(
+                conn, rec.incident_id or 0, actor="d", scope=world.city, now_ts=raised + 30
+            )
+            await store.resolve(
+                conn,
+                rec.incident_id or 0,
+                actor="d",
+                scope=world.city,
+                now_ts=raised + 99,
+                outcome="resident_ok",
+            )
+        args = {
+            "scope": world.city,
+            "level": "community",
+            "since": dt.date(2026, 3, 8),
+            "until": dt.date(2026, 3, 11),
+        }
+        local = await kpis(conn, **args)  # the default zone: Asia/Shanghai
+        utc = await kpis(conn, **args, timezone="UTC")
+    assert [(r["day"], r["alarms"]) for r in local] == [
+        (dt.date(2026, 3, 9), 1),
+        (dt.date(2026, 3, 10), 1),
+    ]
+    assert [(r["day"], r["alarms"]) for r in utc] == [(dt.date(2026, 3, 9), 2)]
+    assert all(r["ack_within_60s"] == 1.0 for r in local)

@@ -11,13 +11,17 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from prometheus_client import CollectorRegistry
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from alerts.channels import sign
+from alerts.incidents import IncidentStore
+from alerts.metrics import AlertMetrics
+from alerts.rules.detection import DetectionKind
 from ingest.features import FEATURES
 from tests.alerts.server import next_message, serve, server_settings
-from tests.alerts.world import build_world
+from tests.alerts.world import build_world, det
 from tests.fixtures.services import Publisher, TcpProxy, eventually
 from tests.ingest.helpers import payload
 
@@ -270,6 +274,110 @@ async def test_composes_with_the_registry_feature(
             )
             assert (await next_message(ws, "live_alarm"))["device_id"] == dev
             await next_message(ws, "incident_event", action="opened")
+            await ws.close()
+    finally:
+        pub.close()
+
+
+async def test_a_console_that_connects_later_stamps_delivered_for_what_it_shows(
+    migrated_db: str, db, uid: str, spool_dir: Path
+) -> None:
+    """Raised while no console was connected: delivered when a dispatcher's screen confirms
+    it shows the incident, and only for incidents in that dispatcher's scope."""
+    w = await build_world(db, uid)
+    store = IncidentStore(metrics=AlertMetrics(CollectorRegistry()), cancel_window_s=60)
+    now = time.time()
+    ours = await store.record(db, det(w, DetectionKind.FALL, now - 2), now_ts=now)
+    theirs = await store.record(db, det(w, DetectionKind.FALL, now - 2, who="r2"), now_ts=now)
+    assert ours.incident_id is not None and theirs.incident_id is not None
+    ids = [ours.incident_id, theirs.incident_id]
+    settings = server_settings(migrated_db, uid, spool_dir)
+    async with serve(settings) as (rt, host):
+        # An operator's socket is not a dispatcher's screen: its confirmation changes nothing.
+        ws_op = await connect(f"ws://{host}/api/v1/ws?token={w.token('oper_db')}")
+        await ws_op.recv()  # hello
+        await ws_op.send(json.dumps({"type": "shown", "incident_ids": ids}))
+        ws = await connect(f"ws://{host}/api/v1/ws?token={w.token('disp_ca')}")
+        await ws.recv()  # hello
+        await ws.send("not a frame")  # ignored; the socket stays up
+        await ws.send(json.dumps({"type": "shown", "incident_ids": ids}))
+        msg = await next_message(ws, "incident_event", action="delivered")
+        assert (
+            msg["incident_id"] == ours.incident_id and msg["actor"] == w.staff["disp_ca"].username
+        )
+        await ws.send(json.dumps({"type": "shown", "incident_ids": ids}))  # again: no change
+        await asyncio.sleep(0.3)
+        cur = await db.execute(
+            "SELECT incident_id, state, extract(epoch FROM pushed_at - raised_at)"
+            " FROM incidents WHERE incident_id = ANY(%s) ORDER BY incident_id",
+            (ids,),
+        )
+        (a_id, a_state, a_push_s), (_, b_state, b_push_s) = await cur.fetchall()
+        assert (a_state, b_state, b_push_s) == ("delivered", "raised", None)
+        assert 0 < a_push_s < 30
+        cur = await db.execute(
+            "SELECT actor, detail FROM incident_events WHERE incident_id = %s"
+            " AND action = 'delivered'",
+            (a_id,),
+        )
+        assert await cur.fetchall() == [(w.staff["disp_ca"].username, {"via": "console"})]
+        # The screen hop of the trace is in the histogram too.
+        metric = rt.metrics.registry.get_sample_value(
+            "carecall_alert_hop_seconds_count",
+            {"hop": "push", "severity": "critical", "district": ".".join(w.path_a.split(".")[:2])},
+        )
+        assert metric == 1
+        await ws.close()
+        await ws_op.close()
+
+
+async def test_a_press_re_sent_after_a_restart_does_not_reopen_its_closed_incident(
+    migrated_db: str, db, uid: str, spool_dir: Path
+) -> None:
+    """The device did not hear "accepted" and re-sends its press to a restarted server (whose
+    in-memory duplicate checks are empty): shown live, then recognised as the same event."""
+    w = await build_world(db, uid)
+    settings = server_settings(migrated_db, uid, spool_dir)
+    topic = f"{settings.topic_root}/{w.devices['r1']}/sos"
+    press = payload(seq=5)
+    pub = Publisher()
+    try:
+        async with serve(settings) as (rt, _host):
+            await rt.source.client.wait_connected(5)
+            await asyncio.to_thread(pub.publish_many, [(topic, press)])
+            rows = await eventually(lambda: _incidents(db, w.residents["r1"]))
+            first = rows[0][0]
+            async with rt.pool.connection() as conn:
+                await rt.services["alerts"].store.resolve(
+                    conn,
+                    first,
+                    actor="t",
+                    scope=w.city,
+                    now_ts=time.time(),
+                    outcome="resident_ok",
+                    reason="called back",
+                )
+        async with serve(settings) as (rt, host):
+            await rt.source.client.wait_connected(5)
+            ws = await connect(f"ws://{host}/api/v1/ws?token={w.token('disp_ca')}")
+            await ws.recv()  # hello
+            await asyncio.to_thread(pub.publish_many, [(topic, press)])
+            await next_message(ws, "live_alarm")
+            # The console drops its provisional row on this event (console.js).
+            repeat = await next_message(ws, "incident_event", action="repeat_after_close")
+            assert repeat["incident_id"] == first and repeat["incident_kind"] == "sos"
+            assert [r[2] for r in await _incidents(db, w.residents["r1"])] == ["resolved"]
+            await asyncio.sleep(0.5)  # the rule runner's copy of the press: noted once only
+            cur = await db.execute(
+                "SELECT count(*) FROM incident_events WHERE incident_id = %s"
+                " AND action = 'repeat_after_close'",
+                (first,),
+            )
+            assert await cur.fetchone() == (1,)
+            # A new press is a new emergency.
+            await asyncio.to_thread(pub.publish_many, [(topic, payload(seq=6))])
+            opened = await next_message(ws, "incident_event", action="opened")
+            assert opened["incident_id"] != first
             await ws.close()
     finally:
         pub.close()

@@ -13,7 +13,12 @@ from typing import Any, TypeVar
 
 import psycopg
 import pytest
+from prometheus_client import CollectorRegistry
 
+from alerts.incidents import IncidentStore
+from alerts.metrics import AlertMetrics
+from alerts.rules.detection import DetectionKind
+from tests.alerts.world import det
 from tests.fixtures.services import Publisher
 from tests.ingest.helpers import payload, vitals
 from tests.web.server import PASSWORD, build_town, serve, settings_for
@@ -191,6 +196,36 @@ async def test_console_shows_offline_and_reconnects(
         assert await page.locator("#offline[hidden]").count() == 1
 
 
+async def test_console_opened_later_marks_waiting_incidents_delivered(
+    browser: Any, migrated_db: str, db: psycopg.AsyncConnection[Any], uid: str, spool_dir: Path
+) -> None:
+    """An incident raised while no console was open is "delivered" once a dispatcher's page
+    shows it (the page confirms over its socket), with that dispatcher as the actor."""
+    w = await build_town(db, uid)
+    now = time.time()
+    store = IncidentStore(metrics=AlertMetrics(CollectorRegistry()), cancel_window_s=60)
+    rec = await store.record(db, det(w, DetectionKind.FALL, now - 3), now_ts=now)
+    settings = settings_for(migrated_db, uid, spool_dir)
+    async with serve(settings) as (_rt, base):
+        page = await sign_in(browser, base, "/console", w.staff["disp_ca"].username)
+        await page.locator("#queue .inc").wait_for(timeout=10_000)
+
+        async def delivered() -> tuple[str, str | None]:
+            cur = await db.execute(
+                "SELECT i.state, (SELECT actor FROM incident_events e WHERE e.incident_id ="
+                " i.incident_id AND e.action = 'delivered') FROM incidents i"
+                " WHERE incident_id = %s",
+                (rec.incident_id,),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            return row[0], row[1]
+
+        state = await until(delivered, lambda r: r[0] == "delivered")
+        assert state[1] == w.staff["disp_ca"].username
+        assert page.errors == []
+
+
 async def test_ops_dashboard(
     browser: Any,
     migrated_db: str,
@@ -216,8 +251,8 @@ async def test_ops_dashboard(
                 await asyncio.to_thread(pub.publish_many, items)
                 await asyncio.sleep(0.8)
             await page.wait_for_selector("#throughput svg.spark", timeout=10_000)
-            # Its district shows the one open SOS (city-level staff also see unplaced incidents
-            # that other tests in the shared database leave behind, so count only its own).
+            # Its district shows the one open SOS (other tests share the database: count only
+            # this district's row).
             district_b = w.path_b.split(".")[1]
             await until(
                 lambda: text_of(page, "#incidents"),

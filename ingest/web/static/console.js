@@ -3,8 +3,9 @@
 //
 // Data: GET /api/v1/incidents (the queue), GET /api/v1/incidents/{id} (the view), the action
 // POSTs, GET /api/v1/kpis, and the WebSocket /api/v1/ws which pushes "live_alarm" (an SOS,
-// smoke or gas reading before it is even stored) and "incident_event" (any change). The
-// server scopes everything; this page never filters for access, only for display.
+// smoke or gas reading before it is even stored) and "incident_event" (any change), and on
+// which the page says which waiting incidents it shows ("shown"). The server scopes
+// everything; this page never filters for access, only for display.
 
 import {
   $,
@@ -153,6 +154,7 @@ async function refreshQueue() {
         }
         announceNew(rows);
         renderQueue();
+        confirmShown();
       } while (refreshAgain);
     } catch (err) {
       console.warn("queue refresh failed", err);
@@ -161,6 +163,25 @@ async function refreshQueue() {
     }
   })();
   return refreshing;
+}
+
+// Incidents this connection has told the server it shows (reset on every new connection).
+const confirmed = new Set();
+/**
+ * Tell the server which incidents still waiting to be seen are now on this screen: the first
+ * dispatcher's screen that shows one marks it "delivered" (also when this console connected,
+ * reconnected or re-read its queue after the incident was raised). A hidden tab is not a
+ * screen: it confirms when it becomes visible.
+ */
+function confirmShown() {
+  if (!ws.sock || ws.sock.readyState !== WebSocket.OPEN) return;
+  if (document.visibilityState !== "visible") return;
+  const ids = [...state.incidents.values()]
+    .filter((r) => r.state === "raised" && !confirmed.has(r.incident_id))
+    .map((r) => r.incident_id);
+  if (ids.length === 0) return;
+  for (const id of ids) confirmed.add(id);
+  ws.sock.send(JSON.stringify({ type: "shown", incident_ids: ids }));
 }
 
 function announceNew(rows) {
@@ -691,6 +712,7 @@ function connect() {
 function onMessage(msg) {
   if (msg.type === "hello") {
     ws.delayS = 0.5;
+    confirmed.clear();
     setConn("live");
     refreshQueue();
     refreshKpi();
@@ -710,6 +732,15 @@ function onMessage(msg) {
       renderQueue();
     }
     return;
+  }
+  if (msg.kind === "incident_event" && msg.action === "repeat_after_close") {
+    // The live alarm was a device re-sending an event whose incident is already closed: no
+    // incident will replace its provisional row, so it goes now (docs/alerts.md).
+    for (const [k, p] of state.provisional) {
+      if (p.device_id === msg.device_id && p.incident_kind === msg.incident_kind) {
+        state.provisional.delete(k);
+      }
+    }
   }
   if (msg.kind === "incident_event" || msg.kind === "escalated") {
     refreshQueue();
@@ -745,6 +776,7 @@ async function main() {
   $("#logout").addEventListener("click", logout);
   $("#help-btn").addEventListener("click", () => $("#help-dlg").showModal());
   document.addEventListener("keydown", onKey);
+  document.addEventListener("visibilitychange", confirmShown);
   const loginDlg = $("#login");
   state.me = await signIn(loginDlg, ["dispatcher", "supervisor", "admin"]);
   $("#who").textContent = t("console.scope", { user: state.me.username,
