@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from ingest.migrate import migrate
-from tests.fixtures.services import scratch_database
+from tests.fixtures.services import Mosquitto, scratch_database
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +40,13 @@ def spool_dir(tmp_path: Path) -> Path:
 async def db(migrated_db: str) -> AsyncIterator[psycopg.AsyncConnection[tuple[object, ...]]]:
     async with await psycopg.AsyncConnection.connect(migrated_db, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A private Mosquitto with the shipped limits (deploy/mosquitto), for tests that kill or
+    restart something and need the broker to keep a session's backlog."""
+    m = Mosquitto(tmp_path / "mosquitto")
+    m.start()
+    yield m
+    m.kill()

@@ -9,15 +9,13 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from websockets.asyncio.client import ClientConnection
 
 from ingest.features import ALERTS, Feature
-from ingest.http import create_app
-from ingest.service import Runtime, run_ingest
+from ingest.service import Runtime
 from ingest.settings import Settings
 from tests.alerts.world import SECRET
-from tests.fixtures.services import free_port
+from tests.fixtures.server import serving
 from tests.ingest.helpers import bridge_settings
 
 
@@ -31,22 +29,8 @@ def server_settings(db_url: str, uid: str, spool_dir: Path, **overrides: object)
 async def serve(
     settings: Settings, features: Sequence[Feature] = (ALERTS,)
 ) -> AsyncIterator[tuple[Runtime, str]]:
-    runs = [f.run for f in features if f.run is not None]
-    async with run_ingest(settings, features=runs) as rt:
-        app = create_app(rt, features)
-        port = free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-        )
-        task = asyncio.create_task(server.serve(), name="test.uvicorn")
-        # uvicorn offers no event for "listening": poll its flag.
-        while not server.started:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-        try:
-            yield rt, f"127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
-            await task
+    async with serving(settings, features) as (rt, port):
+        yield rt, f"127.0.0.1:{port}"
 
 
 async def next_message(

@@ -23,6 +23,9 @@ def bridge_settings(
         "spool_dir": spool_dir,
         "db_write_timeout_s": 2.0,
         "db_connect_timeout_s": 2.0,
+        # In-process tests reach into the bridge (rt.bridge, rt.source); the two-process
+        # server is tested in tests/ingest/test_worker.py.
+        "ingest_worker": False,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

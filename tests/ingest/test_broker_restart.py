@@ -4,7 +4,6 @@ what was queued (held unacked in flight, or queued while the bridge was away).""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,14 +11,6 @@ import pytest
 from ingest.service import run_ingest
 from tests.fixtures.services import Mosquitto, Publisher, eventually, register_devices
 from tests.ingest.helpers import bridge_settings, vitals
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    m = Mosquitto(tmp_path / "mosquitto")
-    m.start()
-    yield m
-    m.kill()
 
 
 async def _count(db, uid: str) -> int:  # type: ignore[no-untyped-def]

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -26,14 +25,6 @@ from tests.fixtures.services import (
     register_devices,
 )
 from tests.ingest.helpers import vitals
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    m = Mosquitto(tmp_path / "mosquitto")
-    m.start()
-    yield m
-    m.kill()
 
 
 def start_bridge(

@@ -16,35 +16,25 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
-import pytest
-import uvicorn
 from prometheus_client import Counter, Gauge
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from ingest.features import FEATURES
-from ingest.http import create_app
 from ingest.service import Runtime
 from ingest.settings import Settings
-from ingest.worker import MergedRegistry, run_server
+from ingest.worker import MergedRegistry
 from tests.alerts.server import next_message
 from tests.alerts.world import SECRET, build_world
+from tests.fixtures.server import serving
 from tests.fixtures.services import REPO, Mosquitto, Publisher, eventually, free_port
 from tests.ingest.helpers import bridge_settings, payload, vitals
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    m = Mosquitto(tmp_path / "mosquitto")
-    m.start()
-    yield m
-    m.kill()
 
 
 def _alive(pid: int) -> bool:
@@ -61,21 +51,8 @@ def _alive(pid: int) -> bool:
 
 @contextlib.asynccontextmanager
 async def serve(settings: Settings) -> AsyncIterator[tuple[Runtime, str]]:
-    runs = [f.run for f in FEATURES if f.run is not None]
-    async with run_server(settings, features=runs) as rt:
-        app = create_app(rt, FEATURES)
-        port = free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-        )
-        task = asyncio.create_task(server.serve())
-        while not server.started:  # noqa: ASYNC110 - uvicorn has no "listening" event
-            await asyncio.sleep(0.02)
-        try:
-            yield rt, f"127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
-            await task
+    async with serving(settings, FEATURES) as (rt, port):
+        yield rt, f"127.0.0.1:{port}"
 
 
 async def _count(db: psycopg.AsyncConnection[Any], device: str) -> tuple[int, int]:

@@ -3,7 +3,6 @@ and a small, realistic service network for the pages to show."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import time
@@ -12,17 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import uvicorn
 
 from devices.auth import hash_password
 from ingest.features import ALERTS, Feature, registry_feature
-from ingest.http import create_app
-from ingest.service import Runtime, run_ingest
+from ingest.service import Runtime
 from ingest.settings import Settings
 from ingest.web import web_feature
 from tests.alerts.server import server_settings
 from tests.alerts.world import World, build_world
-from tests.fixtures.services import free_port
+from tests.fixtures.server import serving
 
 PASSWORD = "correct horse battery staple"
 
@@ -37,21 +34,8 @@ async def serve(
 ) -> AsyncIterator[tuple[Runtime, str]]:
     """Run every feature the browser pages need; yields the runtime and the base URL."""
     features: list[Feature] = [registry_feature(), ALERTS, web_feature()]
-    runs = [f.run for f in features if f.run is not None]
-    async with run_ingest(settings, features=runs) as rt:
-        app = create_app(rt, features)
-        port = port or free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-        )
-        task = asyncio.create_task(server.serve(), name="test.web.uvicorn")
-        while not server.started:  # noqa: ASYNC110 - uvicorn has no 'started' event
-            await asyncio.sleep(0.02)
-        try:
-            yield rt, f"http://127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
-            await task
+    async with serving(settings, features, port=port) as (rt, bound):
+        yield rt, f"http://127.0.0.1:{bound}"
 
 
 async def build_town(db: psycopg.AsyncConnection[Any], uid: str) -> World:
