@@ -186,7 +186,7 @@ class AlertEngine:
         self._readings: asyncio.Queue[Reading] = asyncio.Queue(config.queue_size)
         self._writes: asyncio.Queue[IncidentInput] = asyncio.Queue(config.queue_size)
         self.pending: collections.deque[IncidentInput] = collections.deque()
-        self._live_pushed: dict[str, float] = {}
+        self._live_pushed: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._live_seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._delivered: collections.deque[tuple[int, float]] = collections.deque(maxlen=10_000)
         self._delivered_seen: collections.OrderedDict[int, None] = collections.OrderedDict()
@@ -424,7 +424,7 @@ class AlertEngine:
         if notice.kind == LIVE_ALARM:
             self._live_pushed.setdefault(notice.key, pushed_ts)
             if len(self._live_pushed) > 10_000:
-                self._live_pushed.pop(next(iter(self._live_pushed)))
+                self._live_pushed.popitem(last=False)  # O(1), unlike a dict's first key
             return
         if notice.kind != INCIDENT_EVENT or notice.incident_id is None:
             return
