@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 
@@ -52,12 +53,9 @@ format: setup ## apply the formatter and safe lint fixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: setup services ## run the benchmarks and print their figures (about 15 minutes)
-	$(PY) bench/ingest.py
-	$(PY) bench/mqtt_clients.py
-	$(PY) bench/rules.py
-	$(PY) bench/alerts.py
-	$(PY) bench/fall_cv.py
+bench: setup services ## run every benchmark; one Markdown report with charts in bench/results/ (~15 min)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) bench/report.py $(BENCH_ARGS)
 
 clean: ## remove the venv and local state
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="*.npz recordings")
     p.add_argument("--anchor", choices=("past", "wall"), default="past")
     p.add_argument("--busy", action="store_true", help="many events per day (short demos)")
+    p.add_argument(
+        "--no-accel-stream",
+        action="store_true",
+        help="wearables send accelerometer windows for injected falls and ADLs only",
+    )
     p.add_argument("--provision", metavar="URL", help="registry API base URL (admin login)")
     p.add_argument("--register-sql", metavar="DATABASE_URL", help="insert device ids directly")
     p.add_argument(
@@ -115,6 +120,7 @@ def simulate_main(argv: Sequence[str]) -> int:
         data_dir=args.data_dir,
         rates=ScenarioRates.busy() if args.busy else ScenarioRates(),
         anchor=args.anchor,
+        accel_stream=not args.no_accel_stream,
         progress=None if args.quiet else _progress_line,
     )
     if args.provision:

@@ -113,6 +113,37 @@ class Recordings:
         )
 
 
+# Walking in the recordings: SisFall D01/D02 (slowly, quickly; 100 s each), UMAFall "Walking".
+WALKING_ACTIVITIES = frozenset({"D01", "D02", "Walking"})
+
+
+def walking_samples(
+    recordings: Recordings, *, position: str, rate_hz: float, max_trials: int = 4
+) -> tuple[F32, ...]:
+    """Up to ``max_trials`` real walking trials for a body position, in g at ``rate_hz``, in
+    the recording sensor's frame (empty without recordings). Cached per (data, position,
+    rate): a town of devices shares a few arrays instead of a copy each."""
+    if not recordings.available():
+        return ()
+    return _walking_cached(recordings.data_dir, position, float(rate_hz), max_trials)
+
+
+@functools.lru_cache(maxsize=32)
+def _walking_cached(
+    data_dir: Path, position: str, rate_hz: float, max_trials: int
+) -> tuple[F32, ...]:
+    rec = Recordings(data_dir)
+    picked: list[F32] = []
+    for dataset, index in rec.candidates(position=position, is_fall=False):
+        trial = rec.trial(dataset, index, position=position)
+        if trial.activity not in WALKING_ACTIVITIES or len(trial.samples_g) < 2 * trial.rate_hz:
+            continue
+        picked.append(resample(trial.samples_g, trial.rate_hz, rate_hz))
+        if len(picked) >= max_trials:
+            break
+    return tuple(picked)
+
+
 def _uma_column(position: str) -> str:
     return {"wrist": "acc_wrist_g", "chest": "acc_chest_g", "pendant": "acc_chest_g"}.get(
         position, "acc_waist_g"

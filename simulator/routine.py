@@ -36,6 +36,10 @@ class Routine:
     def asleep(self, sim_s: float) -> bool:
         return any(a <= sim_s < b for a, b in self.sleep)
 
+    def out(self, sim_s: float) -> bool:
+        """Out of the home (on a walk)."""
+        return any(a <= sim_s < b for a, b in self.away)
+
 
 def local_midnights(start_s: float, end_s: float, utc_offset_h: float) -> list[float]:
     """Every local midnight from the one before ``start_s`` to the one after ``end_s``."""

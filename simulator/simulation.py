@@ -5,6 +5,7 @@ timestamps only move forward (the rules drop readings far older than a device's 
 
 from __future__ import annotations
 
+import bisect
 import functools
 import heapq
 import itertools
@@ -21,8 +22,9 @@ import numpy as np
 
 from simulator.clock import Anchor, SimClock
 from simulator.groundtruth import GroundTruthEvent, GroundTruthLog
+from simulator.motion import BackgroundMotion
 from simulator.publisher import BrokerAddress, DeviceLink, PublisherError
-from simulator.recordings import DEFAULT_DATA_DIR, Recordings
+from simulator.recordings import DEFAULT_DATA_DIR, Recordings, walking_samples
 from simulator.routine import HOUR_S, HomeEvent, Routine, build_routine
 from simulator.scenarios import (
     EXPECTED,
@@ -72,13 +74,15 @@ class Summary:
     sos_accepted: int = 0
     sos_resends: int = 0
     sos_unanswered: int = 0
+    accel_background: int = 0  # of published["accel"]: the wearables' own stream
 
     def line(self) -> str:
         kinds = " ".join(f"{k}={v}" for k, v in sorted(self.published.items()))
         events = " ".join(f"{k}={v}" for k, v in sorted(self.ground_truth.items()))
         return (
             f"{self.residents} residents, {self.devices} devices, {self.sim_days:g} sim days in"
-            f" {self.wall_s:.1f} s; published {sum(self.published.values())} ({kinds});"
+            f" {self.wall_s:.1f} s; published {sum(self.published.values())} ({kinds};"
+            f" background accel {self.accel_background});"
             f" events {sum(self.ground_truth.values())} ({events}); SOS {self.sos_accepted}/"
             f"{self.sos_sent} accepted, {self.sos_resends} re-sends, {self.sos_unanswered}"
             " unanswered"
@@ -123,6 +127,8 @@ class Simulation:
         vitals_period_s: float = 5.0,
         heartbeat_period_s: float = 60.0,
         max_msgs_per_device_per_s: float = 1.0,
+        accel_stream: bool = True,
+        accel_window_s: float = 2.0,
         sos_resend_wall_s: float = 3.0,
         sos_max_attempts: int = 40,
         sos_wait_at_end_s: float = 30.0,
@@ -146,6 +152,11 @@ class Simulation:
         # messages instead so that each device sends at most max_msgs_per_device_per_s.
         self.vitals_period_s = max(vitals_period_s, speed / max_msgs_per_device_per_s)
         self.heartbeat_period_s = max(heartbeat_period_s, 2.0 * speed / max_msgs_per_device_per_s)
+        # Background accelerometer windows (simulator/motion.py) are thinned the same way:
+        # windows of accel_window_s, one every accel_period_s (back to back when slow enough).
+        self.accel_stream = accel_stream
+        self.accel_window_s = accel_window_s
+        self.accel_period_s = max(accel_window_s, speed / max_msgs_per_device_per_s)
         self.sos_resend_wall_s = sos_resend_wall_s
         self.sos_max_attempts = sos_max_attempts
         self.sos_wait_at_end_s = sos_wait_at_end_s
@@ -160,6 +171,9 @@ class Simulation:
         self._links: dict[str, DeviceLink] = {}
         self._states: dict[str, DeviceState] = {}
         self._deteriorations: dict[str, tuple[Deterioration, ...]] = {}
+        self._motion: dict[str, BackgroundMotion] = {}
+        self._accel_busy_until: dict[str, float] = {}  # an injected trial is streaming
+        self._replay_starts: dict[str, list[float]] = {}  # planned trials, per device
         self._pending_sos: dict[tuple[str, int], _PendingSos] = {}
         self._accepted: set[tuple[str, int]] = set()
         self._gt: GroundTruthLog | None = None
@@ -188,6 +202,12 @@ class Simulation:
             self.plan = plan_scenarios(
                 self.town, self.routines, start_s, end_s, seed=self.seed, rates=self.rates
             )
+        self._replay_starts = {}
+        for s in self.plan:
+            if s.kind in ("fall", "adl"):
+                self._replay_starts.setdefault(s.device_id, []).append(s.sim_s)
+        for starts in self._replay_starts.values():
+            starts.sort()
         with GroundTruthLog(self.ground_truth_path) as gt:
             self._gt = gt
             try:
@@ -240,6 +260,10 @@ class Simulation:
                 if d.model.vitals:
                     jitter = self._states[d.device_id].rng.uniform(0, self.vitals_period_s)
                     self._at(start_s + jitter, functools.partial(self._vitals, r, d))
+                if self.accel_stream and d.model.wearable and d.model.accel_rate_hz > 0:
+                    motion = self._background_motion(d)
+                    jitter = float(motion.rng.uniform(0, self.accel_period_s))
+                    self._at(start_s + jitter, functools.partial(self._accel, r, d))
         for s in self.plan:
             self._at(s.sim_s, functools.partial(self._start_scenario, s))
 
@@ -280,16 +304,18 @@ class Simulation:
     def _publish_at(self, device: Device, kind: str, payload: bytes, _sim_s: float) -> None:
         self._publish(device.device_id, kind, payload)
 
-    def _publish(self, device_id: str, kind: str, payload: bytes, *, retain: bool = False) -> None:
+    def _publish(self, device_id: str, kind: str, payload: bytes, *, retain: bool = False) -> bool:
+        """Send one message; False when the device is off the air or the publish failed."""
         state = self._states[device_id]
         if not state.online:
-            return
+            return False
         try:
             self._links[device_id].publish(kind, payload, retain=retain)
         except PublisherError as exc:
             log.warning("publish failed: %s", exc)
-            return
+            return False
         self.summary.published[kind] += 1
+        return True
 
     # -- periodic -------------------------------------------------------------------------
     def _heartbeat(self, device: Device, sim_s: float) -> None:
@@ -326,6 +352,54 @@ class Simulation:
         )
         self._publish(device.device_id, "vitals", payload)
         self._at(sim_s + self.vitals_period_s, lambda t: self._vitals(resident, device, t))
+
+    def _background_motion(self, device: Device) -> BackgroundMotion:
+        motion = self._motion.get(device.device_id)
+        if motion is None:
+            model = device.model
+            # Its own generator: switching the stream on or off changes no other signal.
+            seed = random.Random(f"{self.seed}:motion:{device.device_id}").getrandbits(64)
+            walking = walking_samples(
+                self.recordings, position=model.position, rate_hz=model.accel_rate_hz
+            )
+            motion = BackgroundMotion(
+                model.accel_rate_hz, rng=np.random.default_rng(seed), walking=walking
+            )
+            self._motion[device.device_id] = motion
+        return motion
+
+    def _accel(self, resident: Resident, device: Device, sim_s: float) -> None:
+        """One background window, unless an injected trial holds the device's stream; a
+        window never runs into the start of a planned trial (time only moves forward)."""
+        dev = device.device_id
+        busy_until = self._accel_busy_until.get(dev, -np.inf)
+        if sim_s < busy_until:
+            self._at(busy_until, lambda t: self._accel(resident, device, t))
+            return
+        end_s = sim_s + self.accel_window_s
+        starts = self._replay_starts.get(dev, [])
+        i = bisect.bisect_left(starts, sim_s)  # a trial starting now: no window
+        if i < len(starts):
+            end_s = min(end_s, starts[i])
+        rate_hz = device.model.accel_rate_hz
+        n = int((end_s - sim_s) * rate_hz + 1e-9)
+        state = self._states[dev]
+        if n >= 2 and state.online:
+            routine = self.routines[resident.key]
+            samples = self._background_motion(device).window(
+                sim_s, n, asleep=routine.asleep(sim_s), out=routine.out(sim_s)
+            )
+            windows = accel_payloads(
+                self.clock.device_ts(sim_s),
+                samples,
+                device.model,
+                state,
+                window_s=self.accel_window_s,
+            )
+            for _ts, payload in windows:
+                if self._publish(dev, "accel", payload):
+                    self.summary.accel_background += 1
+        self._at(sim_s + self.accel_period_s, lambda t: self._accel(resident, device, t))
 
     def _home_event(self, resident: Resident, e: HomeEvent, _sim_s: float = 0.0) -> None:
         dev = resident.gateway.device_id
@@ -434,6 +508,10 @@ class Simulation:
         ts0 = self.clock.device_ts(sim_s)
         windows = accel_payloads(ts0, replay.samples_g, d.model, state)
         duration_s = len(replay.samples_g) / replay.rate_hz
+        # The wearable's background stream waits until the trial has been sent.
+        self._accel_busy_until[d.device_id] = max(
+            self._accel_busy_until.get(d.device_id, -np.inf), sim_s + duration_s
+        )
         self._record(
             s, ts0, ts0 + duration_s, (d.device_id,),
             trial_id=replay.trial_id, activity=replay.activity, rate_hz=replay.rate_hz,

@@ -5,7 +5,6 @@ SOS presses accepted by the server, and the ground-truth log written."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -24,16 +23,6 @@ from tests.ingest.helpers import bridge_settings
 pytestmark = pytest.mark.skipif(
     not Recordings().available(), reason="the fall recordings are not available"
 )
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    m = Mosquitto(tmp_path / "mosquitto")
-    m.start()
-    try:
-        yield m
-    finally:
-        m.stop()
 
 
 async def _count(db: psycopg.AsyncConnection, table: str, prefix: str) -> int:  # type: ignore[type-arg]

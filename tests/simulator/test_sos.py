@@ -7,11 +7,9 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as paho
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from simulator.groundtruth import read_ground_truth
@@ -21,16 +19,6 @@ from simulator.simulation import Simulation
 from tests.fixtures.services import Mosquitto
 
 ANSWER_ON_COPY = 3  # the replier stays silent for the first two copies
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    m = Mosquitto(tmp_path / "mosquitto")
-    m.start()
-    try:
-        yield m
-    finally:
-        m.stop()
 
 
 class Replier:
