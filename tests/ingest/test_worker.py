@@ -86,6 +86,7 @@ async def test_front_and_worker(
         ingest_worker=True,
         worker_http_port=free_port(),
         alerts_tick_interval_s=1.0,
+        presence_check_interval_s=0.5,  # the front mirrors presence every 1.5 s
     )
     root = settings.topic_root
     dev = w.devices["r1"]
@@ -130,6 +131,12 @@ async def test_front_and_worker(
                 body = ready.json()
                 assert body["broker"]["connected"] is True
                 assert body["ingest_worker"]["ready"] is True
+                # The dashboard in the front: the worker's throughput, presence from the
+                # database (the worker keeps the live tracker).
+                sup = (await http.get("/api/v1/ops/summary", headers=w.headers("sup"))).json()
+                assert sup["devices"]["online"] >= 1
+                assert sum(p["received_per_s"].get("vitals", 0) for p in sup["history"]) > 0
+                assert sup["history"][-1]["db_up"] == 1
 
             # kill -9 the worker mid-stream: the front starts another one, the broker keeps
             # the session's backlog, and every message is stored exactly once.
