@@ -80,13 +80,14 @@ async def run_demo(settings: Settings, args: argparse.Namespace) -> int:
 
     from ingest.features import FEATURES  # noqa: PLC0415
     from ingest.http import create_app  # noqa: PLC0415
-    from ingest.service import run_ingest  # noqa: PLC0415
+    from ingest.worker import run_server  # noqa: PLC0415
     from simulator.publisher import BrokerAddress  # noqa: PLC0415
     from simulator.recordings import DEFAULT_DATA_DIR  # noqa: PLC0415
     from simulator.simulation import Simulation  # noqa: PLC0415
 
     runs = [f.run for f in FEATURES if f.run is not None]
-    async with run_ingest(settings, features=runs) as rt:
+    # As `carecall serve` runs: front + ingest worker, or one process on the embedded broker.
+    async with run_server(settings, features=runs) as rt:
         app = create_app(rt, FEATURES)
         server = uvicorn.Server(
             uvicorn.Config(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,4 +83,9 @@ def test_demo_runs_and_stops_cleanly(tmp_path: Path, uid: str) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 pytest.fail("the demo did not stop within 45 s of Ctrl-C")
-        assert "Traceback" not in log.read_text(errors="replace")
+        text = log.read_text(errors="replace")
+        assert "Traceback" not in text
+        # As `carecall serve`: the bridge ran in an ingest worker, stopped with the demo.
+        found = re.search(r"ingest worker started \(pid (\d+)", text)
+        assert found, text[-3000:]
+        assert not Path(f"/proc/{found.group(1)}").exists()
