@@ -30,11 +30,12 @@ if TYPE_CHECKING:
 
 # Trace stamps in hop order (alerts/migrations/0020_incidents.sql).
 TRACE_STAMPS = ("event_at", "broker_at", "handed_at", "detected_at", "raised_at", "pushed_at")
-# Incidents raised by the server's timer rules, which compare device times with the server's
-# own clock ("no motion for 4 h *until now*"). In a past-anchored run every device time is
-# hours behind that clock, so these fire (or not) as an artefact of the compression: they are
-# reported apart, not scored. Judge them with `--anchor wall --speed 1`.
-SERVER_CLOCK_KINDS = frozenset({"inactivity", "bed_exit", "door_open", "night_wandering"})
+# Incident kinds decided on the server's own clock, which a past-anchored run cannot judge:
+# reported apart, not scored. None any more: the rule runner times inactivity, a door left
+# open, bed exit and night wandering on each gateway's own clock (server time plus the offset
+# of its device times, alerts/rules/home.py `HomeBank.device_now`), so they are scored like
+# the rest. Scoring a server without that clock, pass its timer kinds to `score`.
+SERVER_CLOCK_KINDS: frozenset[str] = frozenset()
 ALL_STATES = ("raised", "delivered", "acknowledged", "dispatched", "resolved", "cancelled")
 
 

@@ -6,7 +6,8 @@ position:
 1. an *impact*: the magnitude of acceleration rises well above 1 g (``impact_g``), or its
    area above 1 g -- the velocity the impact took away -- is large (``impact_area_gs``), or
    a softer impact (``soft_impact_g``) follows a *free-fall dip* (magnitude near 0 g,
-   ``freefall_g``) in the second before it;
+   ``freefall_g``, averaged over 50 ms so that it reads the same at any sample rate) in the
+   second before it;
 2. a *change of orientation*: the direction of gravity, estimated as the mean acceleration
    vector over a stretch before the fall began and again after the impact, turns by at least
    ``tilt_deg`` degrees (a standing or sitting person ends up lying or crouched);
@@ -20,15 +21,16 @@ The decision is taken as soon as the stillness stretch is over, at most
 
 Streaming design. The detector never keeps raw samples. Every window is reduced, with
 vectorised numpy, to fixed 0.2 s blocks aligned to absolute time (sums of x, y, z, of the
-squared magnitude, the sample count and the minimum squared magnitude); a ring of about four
-seconds of such blocks is all the history it holds. Because blocks are aligned to time, not
+squared magnitude, the sample count and the lowest mean squared magnitude over the block's
+four 50 ms sub-blocks); a ring of about four seconds of such blocks is all the history it
+holds. Because blocks are aligned to time, not
 to windows, the same samples give the same blocks however the device cut them into windows,
 and a 20 Hz and a 200 Hz stream give comparable features. Impacts are found on the raw
 samples of the window being fed (exact peak time); each impact becomes a small pending record
 that is completed when the blocks it needs have arrived.
 
 Many devices. ``FallDetectorBank`` keeps every device's state in shared numpy columns
-indexed by a slot (about 600 bytes a device, no Python object per device) and feeds many
+indexed by a slot (about 610 bytes a device, no Python object per device) and feeds many
 devices' windows at once, bit for bit with the same results as one at a time, to spread the
 fixed cost of numpy calls. ``FallDetector`` is a one-slot bank. See
 ``docs/fall-detection.md``.
@@ -62,11 +64,21 @@ _TIME_TIE_S: Final = 1e-4
 # Gravity before the impact is taken up to this close to the peak when the usual window has
 # no data (stream start, gap): the last moments of the descent are still left out.
 _PRE_FALLBACK_END_S: Final = 0.4
-# Ring columns: sum x, sum y, sum z, sum |a|^2, sample count, min |a|^2.
+SUB_S: Final = BLOCK_S / 4
+"""The free-fall dip is measured on means over 50 ms sub-blocks (aligned to time like the
+blocks), not on single samples: see ``FallDetectorBank``."""
+_TIE_SUBS: Final = _TIME_TIE_S / SUB_S
+# Ring columns: sum x, sum y, sum z, sum |a|^2, sample count, and the lowest mean |a|^2 of
+# the block's complete 50 ms sub-blocks.
 _SX, _SY, _SZ, _SM2, _N, _MIN = range(6)
 _NCOLS: Final = 6
+# The open block (float64) adds the open sub-block's sum of |a|^2 and sample count: the
+# sub-block the last sample fell in, when the next sample may still fall in it too.
+_CSUM, _CN = 6, 7
+_PART_COLS: Final = 8
 _ONES3: Final = np.ones(3, dtype=np.float64)
-# An empty block: no samples, and a minimum that can never pass for free fall.
+# An empty block: no samples, and a minimum that can never pass for free fall (inf also
+# stands for "no complete 50 ms sub-block").
 _EMPTY_BLOCK: Final = np.array([0.0, 0.0, 0.0, 0.0, 0.0, np.inf], dtype=np.float32)
 # Pending episodes, float64 part: peak time (epoch s), peak |a|^2.
 _T_TS, _T_PEAK = 0, 1
@@ -101,7 +113,9 @@ class FallParams:
     soft_impact_g: float = 1.6
     """Lower peak that counts as an impact when a free-fall dip preceded it."""
     freefall_g: float = 0.3
-    """Magnitude below which the body is partly in free fall (0 g = falling freely)."""
+    """Magnitude below which the body is partly in free fall (0 g = falling freely),
+    measured as the root of the lowest 50 ms mean of |a|^2: a dip must last, not be one
+    noisy sample (which a fast device sees more of than a slow one)."""
     freefall_window_s: float = 1.0
     """How long before the peak a free-fall dip is looked for."""
     peak_search_s: float = 0.5
@@ -221,6 +235,10 @@ def _block_of(t_s: float) -> int:
     return math.floor(t_s / BLOCK_S + _TIME_TIE_S / BLOCK_S)
 
 
+def _sub_of(t_s: float) -> int:
+    return math.floor(t_s / SUB_S + _TIE_SUBS)
+
+
 def _magnitude2(acc: FloatArray) -> FloatArray:
     """|a|^2 of each sample of (..., 3) samples, as x*x + y*y + z*z in that order.
 
@@ -276,7 +294,7 @@ class FallDetectorBank:
     """The fall-detector state of many devices, in shared columns indexed by a slot.
 
     Per device: a ring of 0.2 s blocks (float32), the block being filled (float64 sums),
-    and a few scalars, about 600 bytes in all with no per-device Python object; pending
+    and a few scalars, about 610 bytes in all with no per-device Python object; pending
     impact episodes (rare) are small records that exist only while they last.
 
     ``feed`` takes one device's window. ``feed_many`` takes one window for each of many
@@ -351,7 +369,7 @@ class FallDetectorBank:
 
     def _allocate(self, capacity: int) -> None:
         self._ring = np.empty((capacity, self.ring_len, _NCOLS), dtype=np.float32)
-        self._part = np.zeros((capacity, _NCOLS), dtype=np.float64)  # the open block's sums
+        self._part = np.zeros((capacity, _PART_COLS), dtype=np.float64)  # the open block
         self._part_block = np.full(capacity, -1, dtype=np.int64)  # the open block's id
         self._newest_block = np.full(capacity, -1, dtype=np.int64)  # last complete block
         self._last_t_s = np.full(capacity, -np.inf)  # time of the last accepted sample
@@ -563,7 +581,33 @@ class FallDetectorBank:
         sums[:, _SM2] = np.add.reduceat(flat_m2, flat_starts)
         sums[:-1, _N] = flat_starts[1:] - flat_starts[:-1]
         sums[-1, _N] = k * n - flat_starts[-1]
-        sums[:, _MIN] = np.minimum.reduceat(flat_m2, flat_starts)
+        # The last block is complete if the next sample would belong to a later block.
+        last_complete = np.floor(next_t / BLOCK_S + tie_blocks).astype(np.int64) > last
+        # Segments: the 50 ms sub-blocks, cut at the block starts too (as in
+        # _SlotState._ingest_blocks, by the same arithmetic).
+        first_sub = np.floor(t0_s / SUB_S + _TIE_SUBS).astype(np.int64)
+        last_sub = np.floor((next_t - 1.0 / rate_hz) / SUB_S + _TIE_SUBS).astype(np.int64)
+        sub_step = np.arange(1, int((last_sub - first_sub).max()) + 1)
+        sub_ids = first_sub[:, None] + sub_step[None, :]
+        sub_cut = np.ceil(((sub_ids - _TIE_SUBS) * SUB_S - t0_s[:, None]) * rate_hz)
+        sub_cut_i = sub_cut.astype(np.int64)
+        keep = (sub_ids <= last_sub[:, None]) & (sub_cut_i > 0) & (sub_cut_i < n)
+        flat_is = np.zeros(k * n, dtype=np.bool_)
+        flat_is[(sub_cut_i + (np.arange(k) * n)[:, None])[keep]] = True
+        flat_is[flat_starts] = True
+        sums[:, _MIN], carry_sum, carry_n = self._sub_block_mins(
+            flat_m2,
+            flat_is,
+            flat_starts,
+            first_sub=first_sub,
+            last_sub=last_sub,
+            slots=slots,
+            first=first,
+            next_t=next_t,
+            last_complete=last_complete,
+            part_open=part_open,
+            part_block=part_block,
+        )
         row_first = np.cumsum(n_blocks) - n_blocks
 
         # The block left open by the previous window: continued, or complete and stored.
@@ -574,8 +618,6 @@ class FallDetectorBank:
             sums[rows, _MIN] = np.minimum(sums[rows, _MIN], self._part[owners, _MIN])
         flush = part_open & (first > part_block)
 
-        # The last block is complete if the next sample would belong to a later block.
-        last_complete = np.floor(next_t / BLOCK_S + tie_blocks).astype(np.int64) > last
         n_complete = n_blocks - (~last_complete)
         wrote = (n_complete > 0) | flush
         newest_after = np.where(n_complete > 0, first + n_complete - 1, part_block)
@@ -594,7 +636,9 @@ class FallDetectorBank:
         keep_flush = flush & (part_block > newest_after - ring_len)
         if keep_flush.any():
             owners = slots[keep_flush]
-            ring[owners * ring_len + part_block[keep_flush] % ring_len] = self._part[owners]
+            ring[owners * ring_len + part_block[keep_flush] % ring_len] = self._part[
+                owners, :_NCOLS
+            ]
         total = int(n_complete.sum())
         if total:
             offs = np.repeat(np.cumsum(n_complete) - n_complete, n_complete)
@@ -607,11 +651,61 @@ class FallDetectorBank:
 
         still_open = ~last_complete
         owners = slots[still_open]
-        self._part[owners] = sums[(row_first + n_blocks - 1)[still_open]]
+        self._part[owners, :_NCOLS] = sums[(row_first + n_blocks - 1)[still_open]]
+        self._part[slots, _CSUM] = carry_sum
+        self._part[slots, _CN] = carry_n
         self._part_block[owners] = last[still_open]
         self._part_open[slots] = still_open
         self._last_t_s[slots] = last_t
         return quiet
+
+    def _sub_block_mins(
+        self,
+        flat_m2: FloatArray,
+        flat_is: npt.NDArray[np.bool_],
+        block_starts: npt.NDArray[np.int64],
+        *,
+        first_sub: npt.NDArray[np.int64],
+        last_sub: npt.NDArray[np.int64],
+        slots: npt.NDArray[np.intp],
+        first: npt.NDArray[np.int64],
+        next_t: FloatArray,
+        last_complete: npt.NDArray[np.bool_],
+        part_open: npt.NDArray[np.bool_],
+        part_block: npt.NDArray[np.int64],
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """``_SlotState._sub_block_mins`` for k windows of n samples at once (``flat_is``
+        marks the segment starts of all of them, flattened), with the same arithmetic.
+        Folds finished carried sub-blocks into the open blocks' minimum; returns each block's
+        lowest complete sub-block mean, and each window's new carry (sum, count; zeros when
+        none)."""
+        k = slots.shape[0]
+        n = flat_m2.size // k
+        seg = np.flatnonzero(flat_is)
+        seg_sum = np.add.reduceat(flat_m2, seg)
+        seg_n = np.diff(seg, append=k * n).astype(np.float64)
+        first_seg = np.searchsorted(seg, np.arange(k) * n)
+        last_seg = np.append(first_seg[1:], seg.size) - 1
+        carried_n = self._part[slots, _CN]
+        has_carry = part_open & (carried_n > 0)
+        if has_carry.any():
+            prev_sub = np.floor(self._last_t_s[slots] / SUB_S + _TIE_SUBS)
+            cont = has_carry & (first_sub == prev_sub) & (first == part_block)
+            seg_sum[first_seg[cont]] += self._part[slots[cont], _CSUM]
+            seg_n[first_seg[cont]] += carried_n[cont]
+            fold = has_carry & ~cont
+            owners = slots[fold]
+            self._part[owners, _MIN] = np.minimum(
+                self._part[owners, _MIN], self._part[owners, _CSUM] / self._part[owners, _CN]
+            )
+        means = seg_sum / seg_n
+        next_sub = np.floor(next_t / SUB_S + _TIE_SUBS).astype(np.int64)
+        open_sub = (next_sub <= last_sub) & ~last_complete
+        carry_sum = np.where(open_sub, seg_sum[last_seg], 0.0)
+        carry_n = np.where(open_sub, seg_n[last_seg], 0.0)
+        means[last_seg[open_sub]] = np.inf
+        mins: FloatArray = np.minimum.reduceat(means, np.searchsorted(seg, block_starts))
+        return mins, carry_sum, carry_n
 
 
 class _SlotState:
@@ -765,8 +859,90 @@ class _SlotState:
         sums[:, :3] = np.add.reduceat(acc, starts, axis=0)
         sums[:, _SM2] = np.add.reduceat(m2, starts)
         sums[:, _N] = counts
-        sums[:, _MIN] = np.minimum.reduceat(m2, starts)
+        # Segments: the 50 ms sub-blocks, cut at the block starts too.
+        if times is None:
+            # Like the blocks: sample i is in sub-block >= j iff t0 + i / rate >= (j - tie) *
+            # SUB_S (FallDetectorBank._feed_quiet does the same for many windows). A handful
+            # of numbers: plain Python is cheaper than numpy calls here.
+            first_sub = _sub_of(t0_s)
+            last_sub = _sub_of(next_t_s - 1.0 / rate_hz)
+            cuts = {
+                math.ceil(((j - _TIE_SUBS) * SUB_S - t0_s) * rate_hz)
+                for j in range(first_sub + 1, last_sub + 1)
+            }
+            seg_list = sorted(cuts.union(start_list).intersection(range(n)))
+            where = {start: i for i, start in enumerate(seg_list)}
+            seg = np.array(seg_list, dtype=np.int64)
+            seg_n = np.array(
+                [b - a for a, b in zip(seg_list, [*seg_list[1:], n], strict=True)],
+                dtype=np.float64,
+            )
+            block_pos: npt.NDArray[np.int64] | list[int] = [where[b] for b in start_list]
+        else:
+            sub = np.floor(times / SUB_S + _TIE_SUBS).astype(np.int64)
+            is_start = np.zeros(n, dtype=np.bool_)
+            is_start[starts] = True
+            is_start[1:] |= sub[1:] != sub[:-1]
+            first_sub, last_sub = int(sub[0]), int(sub[-1])
+            seg = np.flatnonzero(is_start)
+            seg_n = np.diff(seg, append=n).astype(np.float64)
+            block_pos = np.searchsorted(seg, starts)
+        sums[:, _MIN], carry_sum, carry_n = self._sub_block_mins(
+            m2,
+            seg,
+            seg_n,
+            block_pos,
+            first=first,
+            first_sub=first_sub,
+            last_sub=last_sub,
+            next_t_s=next_t_s,
+            last_complete=_block_of(next_t_s) > last,
+        )
         self._store_blocks(sums, first, last, ids, next_t_s)
+        self._part[_CSUM] = carry_sum
+        self._part[_CN] = carry_n
+
+    def _sub_block_mins(
+        self,
+        m2: FloatArray,
+        seg: npt.NDArray[np.int64],
+        seg_n: FloatArray,
+        block_pos: npt.NDArray[np.int64] | list[int],
+        *,
+        first: int,
+        first_sub: int,
+        last_sub: int,
+        next_t_s: float,
+        last_complete: bool,
+    ) -> tuple[FloatArray, float, float]:
+        """Each block's lowest mean |a|^2 over its complete 50 ms sub-blocks (inf if none).
+
+        A free fall of the body lasts a few hundred milliseconds; the lowest single sample
+        would also catch a dip of a few milliseconds (noise, a jolt), which a 200 Hz device
+        sees and a 20 Hz one smooths away, so the same movement would look more like free
+        fall the faster the device samples. A 50 ms mean (one sample at 20 Hz, ten at
+        200 Hz) reads the same at any rate. The sub-block the window ends in may continue
+        in the next window: it is carried (sum, count) and returned as the new carry; a
+        carried one the window does not continue is folded into the open block's minimum
+        here. ``seg`` holds the segments' first samples (sub-blocks, also cut where blocks
+        start), ``seg_n`` their sample counts (updated in place when a carry continues),
+        ``block_pos`` which segment each block starts with.
+        ``FallDetectorBank._sub_block_mins`` does the same for many windows."""
+        seg_sum = np.add.reduceat(m2, seg)
+        part = self._part
+        if self._part_open and part[_CN] > 0:
+            if first_sub == _sub_of(self._last_t_s) and first == self._part_block:
+                seg_sum[0] += part[_CSUM]
+                seg_n[0] += part[_CN]
+            else:
+                part[_MIN] = min(part[_MIN], part[_CSUM] / part[_CN])
+        means = seg_sum / seg_n
+        carry_sum = carry_n = 0.0
+        if _sub_of(next_t_s) <= last_sub and not last_complete:
+            carry_sum, carry_n = float(seg_sum[-1]), float(seg_n[-1])
+            means[-1] = math.inf
+        mins: FloatArray = np.minimum.reduceat(means, block_pos)
+        return mins, carry_sum, carry_n
 
     def _store_blocks(
         self,
@@ -783,7 +959,7 @@ class _SlotState:
                 sums[0, :_MIN] += self._part[:_MIN]
                 sums[0, _MIN] = min(sums[0, _MIN], self._part[_MIN])
             else:
-                self._write_blocks(self._part_block, self._part[None, :], None)
+                self._write_blocks(self._part_block, self._part[None, :_NCOLS], None)
             self._part_open = False
 
         # The last block is complete if the next sample would belong to a later block.
@@ -793,7 +969,7 @@ class _SlotState:
             self._write_blocks(first, sums[:n_complete], None if ids is None else ids[:n_complete])
         if not last_complete:
             self._part_block = last
-            self._part[:] = sums[-1]
+            self._part[:_NCOLS] = sums[-1]
             self._part_open = True
 
     def _write_blocks(

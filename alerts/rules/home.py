@@ -1,7 +1,8 @@
 """Home-sensor rules: hazards, inactivity, night wandering, bed exit, a door left open.
 
-``HomeState`` is one gateway's state (a few floats and flags in ``__slots__``). Events update
-it and raise the immediate rules (smoke, gas, water); ``on_tick`` checks the timers.
+``HomeBank`` holds every gateway's state in shared numpy columns indexed by a slot (taken on
+a gateway's first home event). Events update it and raise the immediate rules (smoke, gas,
+water); ``on_tick`` checks the timers, on the gateway's own clock (``HomeBank.device_now``).
 Both return ``Finding`` values; the runner adds device, resident and severity.
 
 Inactivity counts only *waking* time without a sign of life (motion, a door, the bed):
@@ -16,9 +17,14 @@ the home's time zone (DST-aware through ``zoneinfo``).
 from __future__ import annotations
 
 import datetime as dt
+import math
+import sys
 import zoneinfo
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
 
 from alerts.rules.config import DailyHours, HomeRules
 from alerts.rules.detection import DetectionKind, Evidence
@@ -93,53 +99,196 @@ _HAZARDS: Final = {
     SensorType.GAS: ("alarm", "clear", DetectionKind.GAS, 2),
     SensorType.WATER: ("leak", "dry", DetectionKind.WATER_LEAK, 4),
 }
+# Flags column: hazard bits (above) in the low three bits, then these.
+_HAS_MOTION: Final = 8
+_INACTIVITY_RAISED: Final = 16
+# Timer columns (the bed, the first open door): 0 = no timer, else these bits.
+_TIMER_OPEN: Final = 1
+_TIMER_AT_NIGHT: Final = 2
+_TIMER_RAISED: Final = 4
+
+CLOCK_SYNC_S: Final = 5.0
+"""A device whose readings arrive within this of the server's clock is taken to share it:
+so small a difference is transport delay or NTP jitter, not a clock of its own."""
+_CLOCK_SAMPLES: Final = 3
+
+
+def _door_kind(state: int) -> DetectionKind:
+    return DetectionKind.NIGHT_WANDERING if state & _TIMER_AT_NIGHT else DetectionKind.DOOR_OPEN
 
 
 class _OpenTimer:
-    """A door open or a bed empty since ``since_ts``; ``raised`` names what it raised."""
+    """A second (third, ...) door open at once, since ``since_ts``: rare, so an object."""
 
-    __slots__ = ("at_night", "raised", "sensor_id", "since_ts")
+    __slots__ = ("sensor_id", "since_ts", "state")
 
-    def __init__(self, sensor_id: str, since_ts: float, at_night: bool) -> None:
+    def __init__(self, sensor_id: str, since_ts: float, state: int) -> None:
         self.sensor_id = sensor_id
         self.since_ts = since_ts
-        self.at_night = at_night
-        self.raised: DetectionKind | None = None
+        self.state = state  # _TIMER_* bits
 
 
-class HomeState:
-    """One home gateway's rule state."""
+class HomeBank:
+    """The home-rule state of many gateways, in shared numpy columns indexed by a slot.
+
+    Per home (about 80 bytes, no Python object): the device times of the last sign of life
+    and of the start of the inactivity count, a flags byte (hazards in alarm, a motion sensor
+    seen, inactivity raised), the bed's timer and the first open door's timer (start time,
+    state byte, sensor id), and the device clock's recent offsets. More doors open at once
+    than one go to a small side table while they stay open.
+
+    Timers run on the *device's* clock: each admitted reading gives a sample of
+    ``device_ts - received_ts``; the home's "now" is the server's time plus the median of
+    the last three samples (``device_now``). A real, NTP-synced device differs from the
+    server by less than ``CLOCK_SYNC_S``, which is taken as no difference, so the timers
+    behave as on the server's clock; a simulation running in the past or faster than real
+    time gets timers on its own clock; a device that stops sending keeps its last offset
+    while the server's time goes on, so its timers still expire. One wild timestamp (or one
+    very late reading) is outvoted by the median; a real clock step is followed after two
+    readings.
+    """
 
     __slots__ = (
-        "_bed",
-        "_clock_start_ts",
-        "_doors",
-        "_hazards",
-        "_inactivity_raised",
-        "_last_life_ts",
-        "has_motion_sensor",
+        "_bed_sensor",
+        "_bed_since",
+        "_bed_state",
+        "_clk",
+        "_clk_n",
+        "_door_sensor",
+        "_door_since",
+        "_door_state",
+        "_extra_doors",
+        "_flags",
+        "_free",
+        "_life_ts",
+        "_n_slots",
+        "_start_ts",
     )
 
-    def __init__(self) -> None:
-        self.has_motion_sensor = False
-        self._last_life_ts = float("-inf")  # device time of the last sign of life
-        self._clock_start_ts = float("-inf")  # inactivity counts from here
-        self._inactivity_raised = False
-        self._hazards = 0  # bitmask of hazards in alarm (see _HAZARDS)
-        self._doors: list[_OpenTimer] | None = None  # open doors; None while none ever opened
-        self._bed: _OpenTimer | None = None  # the bed, while empty at night
+    def __init__(self, capacity: int = 64) -> None:
+        self._free: list[int] = []
+        self._n_slots = 0
+        self._extra_doors: dict[int, list[_OpenTimer]] = {}
+        self._allocate(max(1, capacity))
 
-    def resume(self, ts: float) -> None:
+    def _columns(self) -> tuple[npt.NDArray[Any], ...]:
+        return (
+            self._life_ts,
+            self._start_ts,
+            self._clk,
+            self._clk_n,
+            self._flags,
+            self._door_since,
+            self._door_state,
+            self._door_sensor,
+            self._bed_since,
+            self._bed_state,
+            self._bed_sensor,
+        )
+
+    def _allocate(self, capacity: int) -> None:
+        self._life_ts = np.full(capacity, -np.inf)  # device time of the last sign of life
+        self._start_ts = np.full(capacity, -np.inf)  # inactivity counts from here
+        self._clk = np.zeros((capacity, _CLOCK_SAMPLES))  # device_ts - received_ts, recent
+        self._clk_n = np.zeros(capacity, np.uint8)  # see observe_clock
+        self._flags = np.zeros(capacity, np.uint8)
+        self._door_since = np.zeros(capacity)
+        self._door_state = np.zeros(capacity, np.uint8)
+        self._door_sensor = np.full(capacity, None, dtype=object)
+        self._bed_since = np.zeros(capacity)
+        self._bed_state = np.zeros(capacity, np.uint8)
+        self._bed_sensor = np.full(capacity, None, dtype=object)
+
+    @property
+    def capacity(self) -> int:
+        """Slots allocated (grows by a quarter when full)."""
+        return int(self._flags.shape[0])
+
+    def __len__(self) -> int:
+        return self._n_slots - len(self._free)
+
+    def add(self, ts: float) -> int:
+        """A slot for a gateway first heard at device time ``ts``; returns the slot."""
+        if self._free:
+            slot = self._free.pop()
+        else:
+            if self._n_slots == self.capacity:
+                old = self._columns()
+                self._allocate(self.capacity + max(64, self.capacity // 4))
+                for column, kept in zip(self._columns(), old, strict=True):
+                    column[: kept.shape[0]] = kept
+            slot = self._n_slots
+            self._n_slots += 1
+        self._reset(slot)
+        self._start_ts[slot] = ts
+        return slot
+
+    def release(self, slot: int) -> None:
+        """Forget a gateway's state; the slot will be reused."""
+        self._reset(slot)
+        self._free.append(slot)
+
+    def _reset(self, slot: int) -> None:
+        self._life_ts[slot] = -np.inf
+        self._start_ts[slot] = -np.inf
+        self._clk[slot] = 0.0
+        self._clk_n[slot] = 0
+        self._flags[slot] = 0
+        self._door_state[slot] = self._bed_state[slot] = 0
+        self._door_sensor[slot] = self._bed_sensor[slot] = None
+        self._extra_doors.pop(slot, None)
+
+    def state_nbytes(self) -> int:
+        """Bytes per home in the shared columns (an open door's sensor-id string, shared
+        with the readings, and doors beyond the first open at once come on top)."""
+        return int(sum(c.itemsize * (c.size // c.shape[0]) for c in self._columns()))
+
+    # -- the device's clock -------------------------------------------------------------
+    def observe_clock(self, slot: int, device_ts: float, received_ts: float) -> None:
+        """Take one admitted reading's ``device_ts - received_ts`` as a clock sample."""
+        sample = device_ts - received_ts
+        if not math.isfinite(sample):
+            return
+        # 0..2: the first samples, written in turn; 3..5: full, next write at n - 3.
+        n = int(self._clk_n[slot])
+        if n < _CLOCK_SAMPLES:
+            self._clk[slot, n] = sample
+            self._clk_n[slot] = n + 1
+        else:
+            self._clk[slot, n - _CLOCK_SAMPLES] = sample
+            self._clk_n[slot] = _CLOCK_SAMPLES + (n - _CLOCK_SAMPLES + 1) % _CLOCK_SAMPLES
+
+    def clock_offset_s(self, slot: int) -> float:
+        """Device clock minus server clock, as the timers use it (0 for a synced device)."""
+        n = min(int(self._clk_n[slot]), _CLOCK_SAMPLES)
+        if n == 0:
+            return 0.0
+        samples = sorted(self._clk[slot, :n].tolist())
+        # Two samples: the lower, so that a lone wild one cannot move the clock forward.
+        offset = samples[0] if n == 2 else samples[n // 2]
+        return 0.0 if abs(offset) <= CLOCK_SYNC_S else offset
+
+    def device_now(self, slot: int, server_now_ts: float) -> float:
+        """The home's "now" on its devices' clock, for a server time."""
+        return server_now_ts + self.clock_offset_s(slot)
+
+    # -- events -------------------------------------------------------------------------
+    def resume(self, slot: int, ts: float) -> None:
         """The gateway is back online at ``ts``: do not count the blind spell as inactivity."""
-        self._clock_start_ts = max(self._clock_start_ts, ts)
+        self._start_ts[slot] = max(float(self._start_ts[slot]), ts)
 
-    def on_event(self, event: HomeEvent, schedule: HomeSchedule) -> list[Finding]:
+    def has_motion_sensor(self, slot: int) -> bool:
+        """True once the home has reported a motion sensor (inactivity is judged then)."""
+        return bool(self._flags[slot] & _HAS_MOTION)
+
+    def on_event(self, slot: int, event: HomeEvent, schedule: HomeSchedule) -> list[Finding]:
         """Apply one sensor event; returns the immediate findings."""
         ts = event.env.device_ts
         sensor, state = event.sensor, event.state
         sensor_id = event.sensor_id or sensor.value
         evidence: Evidence = {"sensor": sensor.value, "sensor_id": sensor_id, "state": state}
         findings: list[Finding] = []
+        flags = int(self._flags[slot])
 
         hazard = _HAZARDS.get(sensor)
         if hazard is not None:
@@ -147,102 +296,164 @@ class HomeState:
             if state == alarm_state:
                 # Every alarm report is passed on: the incident layer merges repeats, and a
                 # debounce here could swallow the one that matters.
-                self._hazards |= bit
+                self._flags[slot] = flags | bit
                 findings.append(Finding(kind, ts, evidence))
-            elif state == clear_state and self._hazards & bit:
-                self._hazards &= ~bit
+            elif state == clear_state and flags & bit:
+                self._flags[slot] = flags & ~bit
                 findings.append(Finding(kind, ts, evidence, clears=True))
             return findings  # "test" presses of a smoke or gas alarm raise nothing
 
         if sensor is SensorType.MOTION:
-            self.has_motion_sensor = True
+            self._flags[slot] = flags | _HAS_MOTION
             if state != "active":
                 return findings
-        findings.extend(self._sign_of_life(ts, evidence))
+        findings.extend(self._sign_of_life(slot, ts, evidence))
         if sensor is SensorType.DOOR:
-            findings.extend(self._door(sensor_id, state, ts, schedule, evidence))
+            findings.extend(
+                self._door(slot, sensor_id, state, ts=ts, schedule=schedule, evidence=evidence)
+            )
         elif sensor is SensorType.BED:
-            findings.extend(self._bed_event(sensor_id, state, ts, schedule, evidence))
+            findings.extend(
+                self._bed_event(slot, sensor_id, state, ts=ts, schedule=schedule, evidence=evidence)
+            )
         return findings
 
-    def _sign_of_life(self, ts: float, evidence: Evidence) -> list[Finding]:
-        self._last_life_ts = max(self._last_life_ts, ts)
-        self._clock_start_ts = max(self._clock_start_ts, ts)
-        if self._inactivity_raised:
-            self._inactivity_raised = False
+    def _sign_of_life(self, slot: int, ts: float, evidence: Evidence) -> list[Finding]:
+        self._life_ts[slot] = max(float(self._life_ts[slot]), ts)
+        self._start_ts[slot] = max(float(self._start_ts[slot]), ts)
+        flags = int(self._flags[slot])
+        if flags & _INACTIVITY_RAISED:
+            self._flags[slot] = flags & ~_INACTIVITY_RAISED
             return [Finding(DetectionKind.INACTIVITY, ts, evidence, clears=True)]
         return []
 
     def _door(
-        self, sensor_id: str, state: str, ts: float, schedule: HomeSchedule, evidence: Evidence
+        self,
+        slot: int,
+        sensor_id: str,
+        state: str,
+        *,
+        ts: float,
+        schedule: HomeSchedule,
+        evidence: Evidence,
     ) -> list[Finding]:
-        doors = self._doors if self._doors is not None else []
-        current = next((d for d in doors if d.sensor_id == sensor_id), None)
+        extra = self._extra_doors.get(slot, [])
+        in_column = bool(self._door_state[slot]) and self._door_sensor[slot] == sensor_id
+        current = next((d for d in extra if d.sensor_id == sensor_id), None)
         if state == "open":
-            if current is None:
-                at_night = in_daily_window(
-                    local_minute_of_day(ts, schedule.tz), schedule.rules.night_hours
-                )
-                doors.append(_OpenTimer(sensor_id, ts, at_night))
-                self._doors = doors
+            if in_column or current is not None:
+                return []
+            at_night = in_daily_window(
+                local_minute_of_day(ts, schedule.tz), schedule.rules.night_hours
+            )
+            timer_state = _TIMER_OPEN | (_TIMER_AT_NIGHT if at_night else 0)
+            if not self._door_state[slot]:
+                self._door_since[slot] = ts
+                self._door_state[slot] = timer_state
+                # Interned: the same names ("front", "back") recur in many homes; each
+                # message brings its own copy, and only one is kept.
+                self._door_sensor[slot] = sys.intern(sensor_id)
+            else:
+                extra.append(_OpenTimer(sys.intern(sensor_id), ts, timer_state))
+                self._extra_doors[slot] = extra
             return []
-        if current is None:
+        if in_column:
+            since_ts, timer_state = float(self._door_since[slot]), int(self._door_state[slot])
+            self._door_state[slot] = 0
+            self._door_sensor[slot] = None
+        elif current is not None:
+            since_ts, timer_state = current.since_ts, current.state
+            extra.remove(current)
+            if not extra:
+                del self._extra_doors[slot]
+        else:
             return []
-        doors.remove(current)
-        if current.raised is None:
+        if not timer_state & _TIMER_RAISED:
             return []
-        return [Finding(current.raised, ts, {**evidence, "open_since_ts": current.since_ts}, True)]
+        return [Finding(_door_kind(timer_state), ts, {**evidence, "open_since_ts": since_ts}, True)]
 
     def _bed_event(
-        self, sensor_id: str, state: str, ts: float, schedule: HomeSchedule, evidence: Evidence
+        self,
+        slot: int,
+        sensor_id: str,
+        state: str,
+        *,
+        ts: float,
+        schedule: HomeSchedule,
+        evidence: Evidence,
     ) -> list[Finding]:
         if state == "empty":
             at_night = in_daily_window(
                 local_minute_of_day(ts, schedule.tz), schedule.rules.night_hours
             )
             # Only a night-time exit is timed; a daytime one is ordinary life.
-            if at_night and self._bed is None:
-                self._bed = _OpenTimer(sensor_id, ts, at_night=True)
+            if at_night and not self._bed_state[slot]:
+                self._bed_since[slot] = ts
+                self._bed_state[slot] = _TIMER_OPEN | _TIMER_AT_NIGHT
+                self._bed_sensor[slot] = sys.intern(sensor_id)
             return []
-        bed, self._bed = self._bed, None
-        if bed is None or bed.raised is None:
+        bed_state = int(self._bed_state[slot])
+        self._bed_state[slot] = 0
+        self._bed_sensor[slot] = None
+        if not bed_state & _TIMER_RAISED:
             return []
-        return [Finding(bed.raised, ts, {**evidence, "empty_since_ts": bed.since_ts}, True)]
+        since_ts = float(self._bed_since[slot])
+        return [Finding(DetectionKind.BED_EXIT, ts, {**evidence, "empty_since_ts": since_ts}, True)]
 
-    def on_tick(self, now_ts: float, schedule: HomeSchedule) -> list[Finding]:
-        """Check the timers at ``now_ts``; call only while the gateway is online."""
+    # -- timers -------------------------------------------------------------------------
+    def on_tick(self, slot: int, server_now_ts: float, schedule: HomeSchedule) -> list[Finding]:
+        """Check the timers at server time ``server_now_ts``, judged on the home's own clock
+        (``device_now``); call only while the gateway is online."""
+        now_ts = self.device_now(slot, server_now_ts)
         rules = schedule.rules
         findings: list[Finding] = []
-        for door in self._doors or ():
-            if door.raised is not None:
+        door_state = int(self._door_state[slot])
+        if door_state and not door_state & _TIMER_RAISED:
+            raised = self._door_due(door_state, now_ts - float(self._door_since[slot]), rules)
+            if raised is not None:
+                self._door_state[slot] = raised
+                findings.append(
+                    self._door_finding(
+                        raised, float(self._door_since[slot]), self._door_sensor[slot], now_ts
+                    )
+                )
+        for door in self._extra_doors.get(slot, ()):
+            if door.state & _TIMER_RAISED:
                 continue
-            open_s = now_ts - door.since_ts
-            if door.at_night and open_s >= rules.night_door_open_s:
-                door.raised = DetectionKind.NIGHT_WANDERING
-            elif not door.at_night and open_s >= rules.day_door_open_s:
-                door.raised = DetectionKind.DOOR_OPEN
-            else:
-                continue
-            findings.append(
-                Finding(door.raised, door.since_ts, {"sensor_id": door.sensor_id, "open_s": open_s})
-            )
-        bed = self._bed
-        if bed is not None and bed.raised is None and now_ts - bed.since_ts >= rules.bed_exit_s:
-            bed.raised = DetectionKind.BED_EXIT
+            raised = self._door_due(door.state, now_ts - door.since_ts, rules)
+            if raised is not None:
+                door.state = raised
+                findings.append(self._door_finding(raised, door.since_ts, door.sensor_id, now_ts))
+        bed_state = int(self._bed_state[slot])
+        bed_since = float(self._bed_since[slot])
+        if bed_state and not bed_state & _TIMER_RAISED and now_ts - bed_since >= rules.bed_exit_s:
+            self._bed_state[slot] = bed_state | _TIMER_RAISED
             findings.append(
                 Finding(
-                    bed.raised,
-                    bed.since_ts,
-                    {"sensor_id": bed.sensor_id, "out_of_bed_s": now_ts - bed.since_ts},
+                    DetectionKind.BED_EXIT,
+                    bed_since,
+                    {"sensor_id": self._bed_sensor[slot], "out_of_bed_s": now_ts - bed_since},
                 )
             )
-        if self.has_motion_sensor and not self._inactivity_raised:
-            findings.extend(self._check_inactivity(now_ts, schedule))
+        flags = int(self._flags[slot])
+        if flags & _HAS_MOTION and not flags & _INACTIVITY_RAISED:
+            findings.extend(self._check_inactivity(slot, now_ts, schedule))
         return findings
 
-    def _check_inactivity(self, now_ts: float, schedule: HomeSchedule) -> list[Finding]:
+    @staticmethod
+    def _door_due(state: int, open_s: float, rules: HomeRules) -> int | None:
+        """The timer's new state if it fires now, else None."""
+        limit_s = rules.night_door_open_s if state & _TIMER_AT_NIGHT else rules.day_door_open_s
+        return state | _TIMER_RAISED if open_s >= limit_s else None
+
+    @staticmethod
+    def _door_finding(state: int, since_ts: float, sensor_id: object, now_ts: float) -> Finding:
+        evidence: Evidence = {"sensor_id": str(sensor_id), "open_s": now_ts - since_ts}
+        return Finding(_door_kind(state), since_ts, evidence)
+
+    def _check_inactivity(self, slot: int, now_ts: float, schedule: HomeSchedule) -> list[Finding]:
         rules = schedule.rules
-        start_ts = self._clock_start_ts
+        start_ts = float(self._start_ts[slot])
         # Cheap test first: waking time cannot exceed wall time.
         if start_ts == float("-inf") or now_ts - start_ts < rules.inactivity_after_s:
             return []
@@ -251,9 +462,10 @@ class HomeState:
         waking_s = seconds_in_daily_window(start_ts, now_ts, rules.waking_hours, schedule.tz)
         if waking_s < rules.inactivity_after_s:
             return []
-        self._inactivity_raised = True
+        self._flags[slot] |= _INACTIVITY_RAISED
+        life_ts = float(self._life_ts[slot])
         evidence: Evidence = {
             "inactive_waking_s": round(waking_s, 1),
-            "last_sign_of_life_ts": self._last_life_ts if self._last_life_ts > 0 else None,
+            "last_sign_of_life_ts": life_ts if life_ts > 0 else None,
         }
         return [Finding(DetectionKind.INACTIVITY, start_ts, evidence)]

@@ -23,6 +23,7 @@ message arrives, the device is evidently talking.
 
 from __future__ import annotations
 
+import array
 import collections
 import logging
 import math
@@ -34,7 +35,7 @@ import numpy as np
 from alerts.rules.config import RulesConfig, RulesConfigError, RuleSet
 from alerts.rules.detection import Detection, DetectionKind, Evidence, Severity, make_detection
 from alerts.rules.fall import FallDetectorBank, FallEvent, FallParams, ring_len_for
-from alerts.rules.home import Finding, HomeSchedule, HomeState
+from alerts.rules.home import Finding, HomeBank, HomeSchedule
 from alerts.rules.news2 import PARAMETERS as NEWS2_PARAMETERS
 from alerts.rules.news2 import RiskBand, response_for
 from alerts.rules.vitals import N_VITALS, VITAL_INDEX, VitalsBank, VitalsChange, VitalsLimits
@@ -95,38 +96,53 @@ class _ResidentRules:
 
 
 class _Device:
-    """Everything the runner keeps about one device (fixed slots; sub-states are lazy)."""
+    """What the runner keeps about one device as Python values (fixed slots). Its numbers
+    live in the runner's per-device columns at index ``row`` (``_DeviceColumns``), which is
+    also its slot in the vitals bank."""
 
-    __slots__ = (
-        "battery_low",
-        "device_id",
-        "fall_bank",
-        "fall_slot",
-        "home",
-        "last_heard_ts",
-        "latest_ts",
-        "offline_reason",
-        "resident_id",
-        "rules",
-        "vitals_slot",
-    )
+    __slots__ = ("battery_low", "device_id", "offline_reason", "resident_id", "row", "rules")
 
     def __init__(
-        self, device_id: str, resident_id: str | None, rules: _ResidentRules, vitals_slot: int
+        self, device_id: str, resident_id: str | None, rules: _ResidentRules, row: int
     ) -> None:
         self.device_id = device_id
         self.resident_id = resident_id
         self.rules = rules
-        self.vitals_slot = vitals_slot
-        self.latest_ts = -math.inf  # newest device time seen (any reading)
-        self.last_heard_ts = -math.inf  # newest receive time (server clock), for liveness
+        self.row = row
         self.offline_reason: str | None = None
         self.battery_low = False
-        # The fall detector's state: a slot in one of the runner's banks, taken on the first
-        # accelerometer window.
-        self.fall_bank: FallDetectorBank | None = None
-        self.fall_slot = -1
-        self.home: HomeState | None = None
+
+
+class _DeviceColumns:
+    """Per-device numbers of the runner, one entry per device row, in compact arrays
+    (8 bytes a float, 4 an int, no Python object per value)."""
+
+    __slots__ = ("fall_bank", "fall_slot", "heard_ts", "home_slot", "latest_ts")
+
+    def __init__(self) -> None:
+        self.latest_ts = array.array("d")  # newest device time seen (any reading)
+        self.heard_ts = array.array("d")  # newest receive time (server clock), for liveness
+        # The fall detector's state: a slot in one of the runner's banks (index into its
+        # list of banks), taken on the first accelerometer window; -1: none.
+        self.fall_bank = array.array("b")
+        self.fall_slot = array.array("i")
+        # The home rules' state: a slot in the runner's HomeBank, taken on the first home
+        # event; -1: none.
+        self.home_slot = array.array("i")
+
+    def append(self) -> int:
+        """Add a row for a new device; returns it."""
+        self.latest_ts.append(-math.inf)
+        self.heard_ts.append(-math.inf)
+        self.fall_bank.append(-1)
+        self.fall_slot.append(-1)
+        self.home_slot.append(-1)
+        return len(self.latest_ts) - 1
+
+    def nbytes_per_device(self) -> int:
+        """Bytes per device in these columns."""
+        columns = (self.latest_ts, self.heard_ts, self.fall_bank, self.fall_slot, self.home_slot)
+        return sum(c.itemsize for c in columns)
 
 
 class RuleRunner:
@@ -150,6 +166,9 @@ class RuleRunner:
         # Fall state for all devices, in shared columns; one bank per ring length (only a
         # resident with unusual time spans needs a second one).
         self._fall_banks: dict[int, FallDetectorBank] = {}
+        self._fall_bank_list: list[FallDetectorBank] = []  # the same, by _DeviceColumns index
+        self._cols = _DeviceColumns()
+        self._homes: HomeBank | None = None  # built on the first home event
         self.counters: collections.Counter[str] = collections.Counter()
 
     # -- devices and rules -------------------------------------------------------------
@@ -180,7 +199,9 @@ class RuleRunner:
             resident_id = self._resident_for(device_id)
             rules = self._rules_for(resident_id)
             slot = self._vitals.add_device(rules.vitals_limits_index)
-            device = _Device(device_id, resident_id, rules, slot)
+            row = self._cols.append()
+            assert row == slot  # vitals slots are handed out in order and never released
+            device = _Device(device_id, resident_id, rules, row)
             self._devices[device_id] = device
         return device
 
@@ -191,9 +212,12 @@ class RuleRunner:
             return
         device.resident_id = self._resident_for(device_id)
         device.rules = self._rules_for(device.resident_id)
-        self._vitals.reset_slot(device.vitals_slot, device.rules.vitals_limits_index)
+        self._vitals.reset_slot(device.row, device.rules.vitals_limits_index)
         self._drop_fall(device)
-        device.home = None
+        home_slot = self._cols.home_slot[device.row]
+        if home_slot >= 0 and self._homes is not None:
+            self._homes.release(home_slot)
+        self._cols.home_slot[device.row] = -1
         device.battery_low = False
 
     def invalidate_resident(self, resident_id: str | None) -> None:
@@ -202,15 +226,16 @@ class RuleRunner:
         for device in self._devices.values():
             if device.resident_id == resident_id:
                 device.rules = self._rules_for(resident_id)
-                self._vitals.set_limits(device.vitals_slot, device.rules.vitals_limits_index)
+                self._vitals.set_limits(device.row, device.rules.vitals_limits_index)
                 self._drop_fall(device)  # rebuilt with the new parameters on the next window
 
     def _fall_of(self, device: _Device, position: str | None) -> tuple[FallDetectorBank, int]:
         """The device's fall-detector slot, taken (with the preset for where the device is
         worn) on its first window."""
-        bank = device.fall_bank
-        if bank is not None:
-            return bank, device.fall_slot
+        cols, row = self._cols, device.row
+        index = cols.fall_bank[row]
+        if index >= 0:
+            return self._fall_bank_list[index], cols.fall_slot[row]
         params = device.rules.fall_params_for(position)
         ring_len = ring_len_for(params)
         bank = self._fall_banks.get(ring_len)
@@ -218,20 +243,29 @@ class RuleRunner:
             capacity = self._initial_capacity if not self._fall_banks else 64
             bank = FallDetectorBank(capacity=capacity, ring_len=ring_len)
             self._fall_banks[ring_len] = bank
-        device.fall_bank, device.fall_slot = bank, bank.add_device(params)
-        return bank, device.fall_slot
+            self._fall_bank_list.append(bank)
+        cols.fall_bank[row] = self._fall_bank_list.index(bank)
+        cols.fall_slot[row] = bank.add_device(params)
+        return bank, cols.fall_slot[row]
+
+    def _fall_bank_of(self, device: _Device) -> FallDetectorBank | None:
+        index = self._cols.fall_bank[device.row]
+        return self._fall_bank_list[index] if index >= 0 else None
 
     def _drop_fall(self, device: _Device) -> None:
-        if device.fall_bank is not None:
-            device.fall_bank.release(device.fall_slot)
-        device.fall_bank, device.fall_slot = None, -1
+        bank = self._fall_bank_of(device)
+        if bank is not None:
+            bank.release(self._cols.fall_slot[device.row])
+        self._cols.fall_bank[device.row] = -1
+        self._cols.fall_slot[device.row] = -1
 
     def fall_params(self, device_id: str) -> FallParams | None:
         """The fall thresholds a device is checked against (None before its first window)."""
         device = self._devices.get(device_id)
-        if device is None or device.fall_bank is None:
+        bank = None if device is None else self._fall_bank_of(device)
+        if device is None or bank is None:
             return None
-        return device.fall_bank.params_of(device.fall_slot)
+        return bank.params_of(self._cols.fall_slot[device.row])
 
     def __len__(self) -> int:
         return len(self._devices)
@@ -241,7 +275,7 @@ class RuleRunner:
         device = self._devices.get(device_id)
         if device is None:
             return dict.fromkeys(VITAL_INDEX, "no_data")
-        return {k: str(v) for k, v in self._vitals.status(device.vitals_slot, now_ts).items()}
+        return {k: str(v) for k, v in self._vitals.status(device.row, now_ts).items()}
 
     def is_online(self, device_id: str) -> bool:
         """False while the device is known to be offline (unknown devices count as online)."""
@@ -299,7 +333,7 @@ class RuleRunner:
                 device.offline_reason = reason  # manual wins: only a manual online ends it
             return []
         device.offline_reason = reason
-        evidence: Evidence = {"reason": reason, "last_event_ts": device.latest_ts}
+        evidence: Evidence = {"reason": reason, "last_event_ts": self._cols.latest_ts[device.row]}
         return [
             self._detection(
                 device,
@@ -314,8 +348,9 @@ class RuleRunner:
         reason, device.offline_reason = device.offline_reason, None
         if reason is None:
             return []
-        if device.home is not None:
-            device.home.resume(ts)
+        home_slot = self._cols.home_slot[device.row]
+        if home_slot >= 0 and self._homes is not None:
+            self._homes.resume(home_slot, ts)
         return [
             self._detection(
                 device,
@@ -356,13 +391,18 @@ class RuleRunner:
         self.counters["readings"] += 1
         env = reading.env
         ts = env.device_ts
-        if ts < device.latest_ts - device.rules.lateness_allowance_s and not (
+        cols, row = self._cols, device.row
+        latest_ts = cols.latest_ts[row]
+        if ts < latest_ts - device.rules.lateness_allowance_s and not (
             isinstance(reading, SosPress) and reading.action == "press"
         ):
             self.counters["late_dropped"] += 1
             return False
-        device.latest_ts = max(device.latest_ts, ts)
-        device.last_heard_ts = max(device.last_heard_ts, env.received_ts)
+        if ts > latest_ts:
+            cols.latest_ts[row] = ts
+        cols.heard_ts[row] = max(cols.heard_ts[row], env.received_ts)
+        if cols.home_slot[row] >= 0:
+            self._observe_clock(device, ts, env.received_ts)
         return True
 
     def process(self, reading: Reading) -> list[Detection]:
@@ -394,6 +434,11 @@ class RuleRunner:
         pending: dict[str, tuple[_Device, Vitals]] = {}
         accel: list[tuple[_Device, AccelWindow]] = []
         devices = self._devices
+        latest_col, heard_col, home_col = (
+            self._cols.latest_ts,
+            self._cols.heard_ts,
+            self._cols.home_slot,
+        )
         admitted = late = 0
         try:
             for reading in readings:
@@ -406,14 +451,19 @@ class RuleRunner:
                 # _admit, inlined (this loop runs for every reading of the server), with
                 # the counters added up once.
                 ts = env.device_ts
-                if ts < device.latest_ts - device.rules.lateness_allowance_s and not (
+                row = device.row
+                latest_ts = latest_col[row]
+                if ts < latest_ts - device.rules.lateness_allowance_s and not (
                     isinstance(reading, SosPress) and reading.action == "press"
                 ):
                     late += 1
                     continue
                 admitted += 1
-                device.latest_ts = max(device.latest_ts, ts)
-                device.last_heard_ts = max(device.last_heard_ts, env.received_ts)
+                if ts > latest_ts:
+                    latest_col[row] = ts
+                heard_col[row] = max(heard_col[row], env.received_ts)
+                if home_col[row] >= 0:
+                    self._observe_clock(device, ts, env.received_ts)
                 if device.offline_reason == _OFFLINE_SILENT:
                     detections.extend(self._resume_if_silent(device, reading))
                 if isinstance(reading, AccelWindow):
@@ -433,6 +483,12 @@ class RuleRunner:
         if accel:
             detections.extend(self._run_accel(accel))
         return detections
+
+    def _observe_clock(self, device: _Device, device_ts: float, received_ts: float) -> None:
+        # The home timers run on the gateway's clock, estimated from its admitted readings.
+        homes = self._homes
+        assert homes is not None  # a device has a home slot only once the bank exists
+        homes.observe_clock(self._cols.home_slot[device.row], device_ts, received_ts)
 
     def _resume_if_silent(self, device: _Device, reading: Reading) -> list[Detection]:
         # Offline only because it went quiet: any message proves it is back.
@@ -457,7 +513,7 @@ class RuleRunner:
                 "lat": reading.lat,
                 "lon": reading.lon,
                 "accuracy_m": reading.accuracy_m,
-                "late": env.device_ts < device.latest_ts,
+                "late": env.device_ts < self._cols.latest_ts[device.row],
             }
             return [
                 self._detection(
@@ -471,10 +527,14 @@ class RuleRunner:
         if isinstance(reading, AccelWindow):
             return self._accel(device, reading)
         if isinstance(reading, HomeEvent):
-            if device.home is None:
-                device.home = HomeState()
-                device.home.resume(env.device_ts)
-            findings = device.home.on_event(reading, device.rules.home)
+            homes = self._homes
+            if homes is None:
+                homes = self._homes = HomeBank(self._initial_capacity)
+            home_slot = self._cols.home_slot[device.row]
+            if home_slot < 0:
+                home_slot = self._cols.home_slot[device.row] = homes.add(env.device_ts)
+                homes.observe_clock(home_slot, env.device_ts, env.received_ts)
+            findings = homes.on_event(home_slot, reading, device.rules.home)
             return [self._from_finding(device, f, env.received_ts) for f in findings]
         if isinstance(reading, DeviceStatus):
             detections = self._battery(device, reading.battery_pct, env.device_ts, env.received_ts)
@@ -518,7 +578,7 @@ class RuleRunner:
                     later.append((device, window))
                     continue
                 seen.add(device.device_id)
-                bank = device.fall_bank
+                bank = self._fall_bank_of(device)
                 if bank is None:
                     bank, _ = self._fall_of(device, window.position)
                 key = (id(bank), window.rate_hz, len(window.samples_g))
@@ -549,9 +609,10 @@ class RuleRunner:
             if not group:
                 return detections
         k, n = len(group), n_bytes // 12
-        bank = group[0][0].fall_bank  # the same for the whole group (it is in the key)
+        bank = self._fall_bank_of(group[0][0])  # the same for the whole group (in the key)
         assert bank is not None
-        slots = np.fromiter((device.fall_slot for device, _ in group), np.intp, k)
+        fall_slot = self._cols.fall_slot
+        slots = np.fromiter((fall_slot[device.row] for device, _ in group), np.intp, k)
         samples_g = np.frombuffer(b"".join(w.samples_g for _, w in group), "<f4")
         self.counters["accel_samples"] += k * n
         events = bank.feed_many(slots, starts, rate_hz, samples_g.reshape(k, n, 3))
@@ -583,7 +644,7 @@ class RuleRunner:
         quality = np.full(m, np.nan)
         oxygen = np.full(m, -1, np.int8)
         for row, (device, sample) in enumerate(batch):
-            slots[row] = device.vitals_slot
+            slots[row] = device.row
             ts[row] = sample.env.device_ts
             values[row] = (
                 sample.hr_bpm,
@@ -598,7 +659,7 @@ class RuleRunner:
             if sample.on_oxygen is not None:
                 oxygen[row] = int(sample.on_oxygen)
         self.counters["vitals_samples"] += m
-        by_slot = {device.vitals_slot: (device, sample) for device, sample in batch}
+        by_slot = {device.row: (device, sample) for device, sample in batch}
         detections = []
         for change in self._vitals.step(slots, ts, values, quality, oxygen):
             device, sample = by_slot[change.slot]
@@ -616,7 +677,7 @@ class RuleRunner:
             sample.dbp_mmhg,
         )  # VITAL_NAMES order
         changes = self._vitals.step_one(
-            device.vitals_slot,
+            device.row,
             sample.env.device_ts,
             values,
             sample.signal_quality,
@@ -643,7 +704,7 @@ class RuleRunner:
                 evidence=evidence,
                 clears=True,
             )
-        limits = self._vitals.limits(device.vitals_slot)
+        limits = self._vitals.limits(device.row)
         magnitude = abs(change.new_level)
         evidence["direction"] = "low" if change.new_level < 0 else "high"
         evidence["severity_level"] = _LEVEL_WORD[magnitude]
@@ -701,7 +762,7 @@ class RuleRunner:
         A manual offline holds until a manual online; a status heartbeat does not end it.
         """
         device = self._device(device_id)
-        ts = now_ts if now_ts is not None else device.latest_ts
+        ts = now_ts if now_ts is not None else self._cols.latest_ts[device.row]
         if not math.isfinite(ts):
             ts = 0.0
         if online:
@@ -709,16 +770,26 @@ class RuleRunner:
         return self._go_offline(device, _OFFLINE_MANUAL, ts, ts)
 
     def tick(self, now_ts: float) -> list[Detection]:
-        """Run the timer rules at ``now_ts`` (epoch seconds; call every few seconds)."""
+        """Run the timer rules at server time ``now_ts`` (epoch seconds; call every few
+        seconds).
+
+        Liveness (``offline_after_s``) is judged on the server's clock, against when messages
+        were received. The home timers (inactivity, a door left open, bed exit) are judged on
+        each gateway's own clock: ``now_ts`` plus the offset of its device times from their
+        receive times (``HomeBank.device_now``), so that a simulation whose clock runs in the
+        past or faster than real time is timed on its own clock.
+        """
         detections: list[Detection] = []
+        homes = self._homes
+        heard_col, home_col = self._cols.heard_ts, self._cols.home_slot
         for device in self._devices.values():
-            if device.offline_reason is None and device.last_heard_ts > -math.inf:
-                silent_s = now_ts - device.last_heard_ts
+            heard_ts = heard_col[device.row]
+            if device.offline_reason is None and heard_ts > -math.inf:
+                silent_s = now_ts - heard_ts
                 if silent_s > device.rules.rules.device.offline_after_s:
-                    detections.extend(
-                        self._go_offline(device, _OFFLINE_SILENT, device.last_heard_ts, now_ts)
-                    )
-            if device.home is not None and device.offline_reason is None:
-                for finding in device.home.on_tick(now_ts, device.rules.home):
+                    detections.extend(self._go_offline(device, _OFFLINE_SILENT, heard_ts, now_ts))
+            home_slot = home_col[device.row]
+            if home_slot >= 0 and device.offline_reason is None and homes is not None:
+                for finding in homes.on_tick(home_slot, now_ts, device.rules.home):
                     detections.append(self._from_finding(device, finding, now_ts))
         return detections

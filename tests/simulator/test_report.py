@@ -195,7 +195,10 @@ def test_carecall_simulate_is_a_tool(capsys: pytest.CaptureFixture[str]) -> None
 def test_server_clock_timer_rules_are_not_judged_in_a_past_anchored_run() -> None:
     wander = ev("n1", "night_wandering", "a-gw", 7000, expected=("night_wandering", "bed_exit"))
     timer = inc(7, "inactivity", "b-gw", T0 + 200, W0 + 60)
-    past = score([*GT, wander], [*INCIDENTS, timer], resident_days=3.0)
+    timer_kinds = frozenset({"inactivity", "bed_exit", "door_open", "night_wandering"})
+    past = score(
+        [*GT, wander], [*INCIDENTS, timer], resident_days=3.0, server_clock_kinds=timer_kinds
+    )
     assert "night_wandering" not in past.kinds and past.false_alarms == 3
     assert past.unjudged_events == {"night_wandering": 1}
     assert past.unjudged_incidents == {"inactivity": 1}
@@ -205,3 +208,7 @@ def test_server_clock_timer_rules_are_not_judged_in_a_past_anchored_run() -> Non
     live = score(wall, [*INCIDENTS, timer], resident_days=3.0)
     assert live.kinds["night_wandering"].sensitivity == 0.0
     assert live.false_alarms == 4 and not live.unjudged_incidents
+    # The rule runner times them on the device clock now: judged by default in any run.
+    judged = score([*GT, wander], [*INCIDENTS, timer], resident_days=3.0)
+    assert judged.kinds["night_wandering"].sensitivity == 0.0
+    assert judged.false_alarms == 4 and not judged.unjudged_incidents

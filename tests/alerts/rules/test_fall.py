@@ -554,7 +554,7 @@ def test_a_released_slot_is_reused_with_empty_history() -> None:
 
 def test_per_device_fall_state_is_small() -> None:
     bank = FallDetectorBank(10)
-    assert bank.state_nbytes() <= 600
+    assert bank.state_nbytes() <= 608  # ring 504, open block and sub-block 64, scalars
     fall, _ = synth_movement("fall", rate_hz=50.0, seed=1)
     detector = FallDetector()
     sizes = []
@@ -564,3 +564,49 @@ def test_per_device_fall_state_is_small() -> None:
     # Pending episodes add a little while they last, and are gone afterwards.
     assert max(sizes) > sizes[-1] == bank.state_nbytes()
     assert max(sizes) <= 1024
+
+
+class _EvidenceRecorder(FallDetector):
+    """Keeps every impact episode's figures instead of deciding."""
+
+    def __init__(self) -> None:
+        super().__init__(FallParams(impact_g=1.5, soft_impact_g=1.5))
+        self.seen: list[dict[str, float]] = []
+
+    def accepts(self, peak_g: float, evidence: Any) -> bool:
+        self.seen.append(dict(evidence))
+        return False
+
+
+def _sit_down_with_dip(rate_hz: float, dip_s: float) -> np.ndarray:
+    """Upright for 4 s, a dip to 0.05 g lasting ``dip_s`` ending 0.3 s before a 2.5 g
+    landing (0.1 s), then 4 s tilted back, still."""
+    n = int(9 * rate_hz)
+    t = np.arange(n) / rate_hz
+    acc = np.tile([0.0, 0.0, 1.0], (n, 1))
+    dip = (t >= 4.0 - dip_s) & (t < 4.0)
+    acc[dip] = [0.0, 0.0, 0.05]
+    land = (t >= 4.3) & (t < 4.4)
+    acc[land] = [0.0, 0.0, 2.5]
+    acc[t >= 4.4] = [0.0, math.sin(math.radians(60)), math.cos(math.radians(60))]
+    return acc
+
+
+@pytest.mark.parametrize("chunk_s", [1.0, 0.13])
+def test_a_one_sample_dip_is_no_free_fall_at_any_rate(chunk_s: float) -> None:
+    # At 200 Hz one sample is 5 ms: a jolt, not a body falling. The dip is read over 50 ms,
+    # so it shows as 0.95 g (ten samples, one of them low), as a 20 Hz device would see it.
+    rate_hz = 200.0
+    rec = _EvidenceRecorder()
+    feed_in_chunks(rec, _sit_down_with_dip(rate_hz, 1 / rate_hz), rate_hz, int(chunk_s * 200))
+    (evidence,) = rec.seen
+    assert evidence["freefall_min_g"] > FallParams().freefall_g
+    assert evidence["freefall_min_g"] == pytest.approx(math.sqrt(0.1 * 0.05**2 + 0.9), abs=0.02)
+
+
+@pytest.mark.parametrize("rate_hz", RATES_HZ)
+def test_a_lasting_free_fall_reads_the_same_at_every_rate(rate_hz: float) -> None:
+    rec = _EvidenceRecorder()
+    feed_in_chunks(rec, _sit_down_with_dip(rate_hz, 0.3), rate_hz, int(rate_hz))
+    (evidence,) = rec.seen
+    assert evidence["freefall_min_g"] == pytest.approx(0.05, abs=1e-6)

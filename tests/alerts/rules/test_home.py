@@ -190,6 +190,35 @@ def test_two_doors_are_timed_separately(runner: RuleRunner) -> None:
     assert [d.evidence["sensor_id"] for d in runner.tick(DAY0 + 1 * H + 1100)] == ["back"]
 
 
+def test_doors_open_at_once_in_any_order(runner: RuleRunner) -> None:
+    # The first open door is kept in the bank's columns, more in a side table: closing them
+    # in any order, and opening another meanwhile, must keep each one's own timer.
+    t = DAY0 + 14 * H  # daytime: 1800 s each
+    runner.process(home(t, SensorType.DOOR, "open", "front"))
+    runner.process(home(t + 100, SensorType.DOOR, "open", "back"))
+    runner.process(home(t + 200, SensorType.DOOR, "open", "balcony"))
+    assert runner.process(home(t + 300, SensorType.DOOR, "closed", "front")) == []
+    runner.process(home(t + 400, SensorType.DOOR, "open", "garage"))
+    runner.process(home(t + 400, SensorType.DOOR, "open", "back"))  # a repeat: no new timer
+    fired = runner.tick(t + 2250)
+    assert sorted(str(d.evidence["sensor_id"]) for d in fired) == ["back", "balcony", "garage"]
+    assert {d.evidence["sensor_id"]: d.event_ts for d in fired}["back"] == t + 100
+    cleared = runner.process(home(t + 2300, SensorType.DOOR, "closed", "balcony"))
+    assert [(d.kind, d.clears, d.evidence["open_since_ts"]) for d in cleared] == [
+        (DetectionKind.DOOR_OPEN, True, t + 200)
+    ]
+    assert runner.tick(t + 4000) == []  # each raised once
+
+
+def test_a_reassigned_gateway_starts_its_home_state_afresh(runner: RuleRunner) -> None:
+    opened = DAY0 + 2 * H
+    runner.process(home(opened, SensorType.DOOR, "open", "front"))
+    runner.refresh_device("gw-1")
+    assert runner.tick(opened + 3600) == []  # the old timer is gone with the old state
+    runner.process(home(opened + 3700, SensorType.DOOR, "open", "front"))
+    assert kinds(runner.tick(opened + 4300)) == [(DetectionKind.NIGHT_WANDERING, False)]
+
+
 def test_bed_exit_at_night(runner: RuleRunner) -> None:
     left = DAY0 + 3 * H
     runner.process(home(left, SensorType.BED, "empty"))
@@ -238,3 +267,94 @@ def test_daily_window_follows_daylight_saving() -> None:
     waking = DailyHours(start="07:00", end="22:00")
     assert seconds_in_daily_window(start, start + 23 * H, waking, berlin) == pytest.approx(15 * H)
     assert local_minute_of_day(start + 8 * H, berlin) == pytest.approx(9 * 60)
+
+
+# -- timers on the device's clock ----------------------------------------------------------
+
+SERVER_NOW = DAY0 + 30 * 86400.0  # the server's clock: a month after the simulated days
+
+
+def sim_env(device_ts: float, received_ts: float, device_id: str = "gw-sim") -> Envelope:
+    return Envelope(
+        device_id=device_id, seq=next(_seq), device_ts=device_ts, received_ts=received_ts
+    )
+
+
+def sim_home(device_ts: float, received_ts: float, sensor: SensorType, state: str) -> HomeEvent:
+    return HomeEvent(env=sim_env(device_ts, received_ts), sensor=sensor, state=state)
+
+
+def heartbeat(device_ts: float, received_ts: float) -> DeviceStatus:
+    return DeviceStatus(env=sim_env(device_ts, received_ts), state="online")
+
+
+def test_past_anchored_compressed_home_is_timed_on_its_own_clock(runner: RuleRunner) -> None:
+    # A simulation 60x faster than real time, anchored a month in the past: its door opens at
+    # 02:00 device time and stays open; heartbeats every 60 device seconds (1 server second).
+    speed = 60.0
+    opened = DAY0 + 2 * H
+
+    def received(device_ts: float) -> float:
+        return SERVER_NOW + (device_ts - opened) / speed
+
+    assert runner.process(sim_home(opened, received(opened), SensorType.DOOR, "open")) == []
+    # On the server's clock the door has been open for a month: no alarm for that artefact.
+    assert runner.tick(received(opened) + 1) == []
+    fired: list[Detection] = []
+    for k in range(1, 16):  # 15 device minutes
+        t = opened + 60 * k
+        runner.process(heartbeat(t, received(t)))
+        fired += runner.tick(received(t) + 0.5)
+    assert [(d.kind, d.event_ts) for d in fired] == [(DetectionKind.NIGHT_WANDERING, opened)]
+    # Raised once the device clock passed 600 s open (the estimate lags one heartbeat).
+    open_s = fired[0].evidence["open_s"]
+    assert isinstance(open_s, float)
+    assert 600 <= open_s <= 600 + 2 * 60
+    assert fired[0].detected_ts == pytest.approx(received(opened + 60 * 11) + 0.5, abs=61)
+
+
+def test_home_that_stops_sending_still_times_out(runner: RuleRunner) -> None:
+    # Device clock a day behind the server's; after the door opens nothing more is heard,
+    # and the server's time going on (with the same offset) must still expire the timer.
+    offset = -86400.0
+    opened = DAY0 + 2 * H
+    runner.process(sim_home(opened, opened - offset, SensorType.DOOR, "open"))
+    assert runner.tick(opened - offset + 599) == []
+    assert kinds(runner.tick(opened - offset + 601)) == [(DetectionKind.NIGHT_WANDERING, False)]
+
+
+def test_one_wild_timestamp_fires_no_timer(runner: RuleRunner) -> None:
+    offset = -86400.0
+    t = DAY0 + 2 * H
+    runner.process(sim_home(t, t - offset, SensorType.DOOR, "open"))
+    runner.process(sim_home(t, t - offset, SensorType.MOTION, "active"))
+    runner.process(sim_home(t + 5, t + 5 - offset, SensorType.BED, "empty"))
+    # One reading stamped ten days ahead, in waking hours (a clock glitch).
+    wild = t + 10 * 86400 + 6 * H
+    runner.process(heartbeat(wild, t + 10 - offset))
+    assert runner.tick(t + 20 - offset) == []
+    # Two in a row would be a real clock step, and be followed.
+    runner.process(heartbeat(wild + 30, t + 30 - offset))
+    assert {d.kind for d in runner.tick(t + 40 - offset)} == {
+        DetectionKind.NIGHT_WANDERING,
+        DetectionKind.BED_EXIT,
+        DetectionKind.INACTIVITY,
+    }
+
+
+def test_one_very_late_reading_does_not_rewind_the_clock(runner: RuleRunner) -> None:
+    offset = -86400.0
+    opened = DAY0 + 2 * H
+    runner.process(sim_home(opened, opened - offset, SensorType.DOOR, "open"))
+    runner.process(heartbeat(opened + 500, opened + 500 - offset))
+    # Within the lateness allowance, but held up in transit for 110 s.
+    runner.process(heartbeat(opened + 400, opened + 510 - offset))
+    assert kinds(runner.tick(opened + 605 - offset)) == [(DetectionKind.NIGHT_WANDERING, False)]
+
+
+def test_a_synced_device_keeps_the_server_clock(runner: RuleRunner) -> None:
+    # Readings that arrive 3 s after their device time: transport, not another clock.
+    opened = DAY0 + 2 * H
+    runner.process(sim_home(opened, opened + 3, SensorType.DOOR, "open"))
+    assert runner.tick(opened + 599.9) == []
+    assert kinds(runner.tick(opened + 600)) == [(DetectionKind.NIGHT_WANDERING, False)]

@@ -408,7 +408,7 @@ def _merge_by_time(*streams: list[Reading]) -> list[Reading]:
 def _fall_state(runner: RuleRunner, device_id: str) -> object:
     """Everything the runner keeps of a device's fall detector, for exact comparison."""
     device = runner._devices[device_id]
-    bank, slot = device.fall_bank, device.fall_slot
+    bank, slot = runner._fall_bank_of(device), runner._cols.fall_slot[device.row]
     if bank is None:
         return None
     episodes = bank._episodes.get(slot)
@@ -531,8 +531,9 @@ def test_new_fall_overrides_apply_from_the_next_window_with_a_fresh_slot() -> No
     assert before is not None and after is not None
     assert (before.tilt_deg, after.tilt_deg) == (40.0, 55.0)
     device = runner._devices["w-1"]
-    assert device.fall_bank is not None and len(device.fall_bank) == 2  # w-1 and w-2
-    assert device.fall_bank._last_t_s[device.fall_slot] == T0 + 2 + 49 / 50  # history anew
+    bank = runner._fall_bank_of(device)
+    assert bank is not None and len(bank) == 2  # w-1 and w-2
+    assert bank._last_t_s[runner._cols.fall_slot[device.row]] == T0 + 2 + 49 / 50  # anew
 
 
 def test_refresh_device_after_reassignment() -> None:
