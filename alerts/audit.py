@@ -1,94 +1,14 @@
 """Auditing repeated list reads without a row per refresh.
 
 A dispatcher's console re-reads its queue on every incident event and every 30 s; one audit
-row per re-read would bury the trail. Reads of one record's personal data (an incident's
-detail, a resident) are still audited one row each, by their endpoints. A *list* read goes
-through :func:`audit_list_read`: the first read of a window writes the ``audit_log`` row (with
-what it returned); identical reads by the same user in the next ``window_s`` only add to the
-window's count in ``audit_read_windows``. "Identical" is the same user, action and key, where
-the key covers the parameters, the scope and, for the incident queue, the set of incidents
-returned: a queue that shows a new incident is a new read, audited at once.
+row per re-read would bury the trail. The helper lives with the audit trail itself
+(:mod:`devices.audit`), where the registry's list reads use it too; see its docstring for the
+rule. The incident queue's key also covers the set of incidents returned: a queue that shows a
+new incident is a new read, audited at once.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from typing import Any
+from devices.audit import audit_list_read, read_key
 
-import psycopg
-
-from alerts.events import ts
-from devices.audit import audit
-from devices.auth import Principal
-
-
-def read_key(**parts: Any) -> str:
-    """A short stable digest of what makes two list reads identical."""
-    raw = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(raw).hexdigest()[:32]
-
-
-async def audit_list_read(
-    conn: psycopg.AsyncConnection[Any],
-    principal: Principal,
-    action: str,
-    *,
-    key: str,
-    now_ts: float,
-    window_s: float,
-    record_type: str | None = None,
-    scope_path: str | None = None,
-    source_ip: str | None = None,
-    detail: dict[str, Any] | None = None,
-) -> bool:
-    """Audit one list read; returns whether an ``audit_log`` row was written.
-
-    One transaction, serialised per (user, action, key) by an advisory lock, so two racing
-    reads never both open a window.
-    """
-    if window_s <= 0:
-        await audit(
-            conn,
-            principal,
-            action,
-            record_type=record_type,
-            scope_path=scope_path,
-            source_ip=source_ip,
-            detail=detail,
-        )
-        return True
-    now = ts(now_ts)
-    async with conn.transaction():
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-            (f"audit_read:{principal.username}:{action}:{key}",),
-        )
-        cur = await conn.execute(
-            """UPDATE audit_read_windows SET reads = reads + 1, last_at = %(now)s
-               WHERE (actor, action, read_key, window_start) = (
-                   SELECT actor, action, read_key, window_start FROM audit_read_windows
-                   WHERE actor = %(actor)s AND action = %(action)s AND read_key = %(key)s
-                     AND window_start > %(now)s - make_interval(secs => window_s)
-                     AND window_start <= %(now)s
-                   ORDER BY window_start DESC LIMIT 1)
-               RETURNING reads""",
-            {"now": now, "actor": principal.username, "action": action, "key": key},
-        )
-        if await cur.fetchone() is not None:
-            return False
-        await audit(
-            conn,
-            principal,
-            action,
-            record_type=record_type,
-            scope_path=scope_path,
-            source_ip=source_ip,
-            detail={**(detail or {}), "read_key": key, "coalesce_window_s": window_s},
-        )
-        await conn.execute(
-            "INSERT INTO audit_read_windows (actor, action, read_key, window_start, window_s,"
-            " last_at) VALUES (%s, %s, %s, %s, %s, %s)",
-            (principal.username, action, key, now, window_s, now),
-        )
-    return True
+__all__ = ["audit_list_read", "read_key"]

@@ -8,14 +8,16 @@ exactly like a missing one (404, same body), whatever the id, guessed or not.
 Roles (docs/registry.md): dispatcher reads residents, contacts and devices; supervisor also
 edits residents and contacts and queries the audit trail; operator manages devices and their
 broker credentials; admin does everything, including areas and staff users. Every read of a
-resident's personal data, every change, every provisioning and every login is audited in the
-same transaction as the read or change.
+resident's personal data or of a device, every change, every provisioning, every login and
+every token refresh is audited in the same transaction as the read or change; identical list
+reads within a window share one audit row (``devices.audit.audit_list_read``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Protocol
 
@@ -28,13 +30,17 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from devices.audit import audit
+from devices.audit import audit, audit_list_read, read_key
 from devices.auth import (
+    AuthError,
     Principal,
     PrincipalDep,
+    admit,
+    decode_token,
     get_auth_config,
     hash_password,
     issue_token,
+    oauth2_scheme,
     require_roles,
     verify_password,
 )
@@ -70,6 +76,7 @@ from devices.schemas import (
     StaffPatch,
     TokenOut,
 )
+from devices.staff import StaffAccess, StaffCache
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -105,6 +112,12 @@ class RegistryContext(Protocol):
 
     @property
     def throttle(self) -> LoginThrottle: ...
+
+    @property
+    def staff(self) -> StaffCache: ...
+
+    @property
+    def audit_coalesce_s(self) -> float: ...
 
 
 class RegistryRoute(APIRoute):
@@ -233,6 +246,38 @@ def _pool(ctx: RegistryContext) -> AsyncConnectionPool[Any]:
 # -- auth --------------------------------------------------------------------------------------
 
 
+def _unauthorized(detail: str = "not authenticated") -> HTTPException:
+    return HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail=detail,
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def _staff_cache(ctx: RegistryContext) -> StaffCache:
+    try:
+        return ctx.staff
+    except RuntimeError as exc:
+        raise UnavailableError("registry not running") from exc
+
+
+_ACCESS_COLS = (
+    "user_id, username, role, scope_path::text AS scope_path, token_version,"
+    " retired_at IS NOT NULL AS retired"
+)
+
+
+def _access(row: dict[str, Any]) -> StaffAccess:
+    return StaffAccess(
+        row["user_id"],
+        row["username"],
+        row["role"],
+        row["scope_path"],
+        row["token_version"],
+        row["retired"],
+    )
+
+
 def _auth_router(ctx: RegistryContext) -> APIRouter:
     r = _router("auth")
 
@@ -244,13 +289,15 @@ def _auth_router(ctx: RegistryContext) -> APIRouter:
     async def login(
         request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()]
     ) -> TokenOut | JSONResponse:
-        """OAuth2 password flow: a short-lived bearer token. Failed logins are throttled per
-        username and per source address, and every attempt is audited."""
+        """OAuth2 password flow: a short-lived bearer token, renewed by ``/auth/refresh``.
+        Failed logins are throttled per username and per source address (shared by every
+        server process), and every attempt is audited."""
         ip = _ip(request)
         username = form.username[:64]
         keys = (f"user:{username.lower()}", f"ip:{ip}")
+        throttle = ctx.throttle
         async with _pool(ctx).connection() as conn:
-            wait_s = ctx.throttle.retry_after_s(*keys)
+            wait_s = await throttle.retry_after_s(conn, *keys)
             if wait_s > 0:
                 await audit(
                     conn, None, "login_throttled", record_type="staff_user",
@@ -263,8 +310,8 @@ def _auth_router(ctx: RegistryContext) -> APIRouter:
                 )
             user = await _one(
                 conn,
-                "SELECT user_id, username, role, scope_path::text AS scope_path, password_hash"
-                " FROM staff_users WHERE username = %(u)s AND retired_at IS NULL",
+                f"SELECT {_ACCESS_COLS}, password_hash FROM staff_users"
+                " WHERE username = %(u)s AND retired_at IS NULL",
                 {"u": username},
             )
             # argon2 takes tens of milliseconds of CPU: keep it off the event loop.
@@ -272,28 +319,74 @@ def _auth_router(ctx: RegistryContext) -> APIRouter:
                 verify_password, form.password, user["password_hash"] if user else None
             )
             if user is None or not ok:
-                ctx.throttle.failed(*keys)
+                await throttle.failed(conn, *keys)
                 await audit(
                     conn, None, "login_failed", record_type="staff_user",
                     record_id=user["user_id"] if user else None,
                     scope_path=user["scope_path"] if user else None,
                     source_ip=ip, detail={"username": username},
                 )  # fmt: skip
-                raise HTTPException(
-                    status_code=status.HTTP_401_UNAUTHORIZED,
-                    detail="wrong username or password",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            ctx.throttle.succeeded(keys[0])
-            principal = Principal(
-                user["user_id"], user["username"], user["role"], user["scope_path"]
-            )
+                raise _unauthorized("wrong username or password")
+            await throttle.succeeded(conn, keys[0])
+            access = _access(user)
+            _staff_cache(ctx).remember(access)
+            principal = Principal(access.user_id, access.username, access.role, access.scope_path)
             await audit(
                 conn, principal, "login", record_type="staff_user", record_id=principal.user_id,
                 scope_path=principal.scope_path, source_ip=ip,
             )  # fmt: skip
         config = get_auth_config(request)
-        return TokenOut(access_token=issue_token(principal, config), expires_in=config.token_ttl_s)
+        token = issue_token(principal, config, token_version=access.token_version)
+        return TokenOut(access_token=token, expires_in=config.token_ttl_s)
+
+    @r.post(
+        "/auth/refresh",
+        response_model=TokenOut,
+        responses={401: {"description": "token expired or revoked, or session too old"}},
+    )
+    async def refresh(request: Request, token: Annotated[str, Depends(oauth2_scheme)]) -> TokenOut:
+        """A new token for the same session, from a token that is still valid. It carries the
+        user's current role and scope. Refused (401: sign in again) for an expired token, a
+        retired user, a revoked token (password changed) or a session that began more than
+        the session limit ago (13 h by default). Audited."""
+        config = get_auth_config(request)
+        try:
+            claims = decode_token(token, config)
+        except AuthError as exc:
+            raise _unauthorized() from exc
+        now = int(time.time())
+        session_end = claims.auth_time + config.session_max_s
+        if session_end <= now:
+            raise _unauthorized("session expired; sign in again")
+        async with _pool(ctx).connection() as conn:
+            row = await _one(
+                conn,
+                f"SELECT {_ACCESS_COLS} FROM staff_users WHERE user_id = %(id)s",
+                {"id": claims.principal.user_id},
+            )
+            access = _access(row) if row is not None else None
+            if access is not None:
+                _staff_cache(ctx).remember(access)
+            try:
+                principal = admit(claims, access)
+            except AuthError as exc:
+                raise _unauthorized() from exc
+            assert access is not None
+            await audit(
+                conn, principal, "refresh_token", record_type="staff_user",
+                record_id=principal.user_id, scope_path=principal.scope_path,
+                source_ip=_ip(request),
+                detail={"auth_time": claims.auth_time},
+            )  # fmt: skip
+        fresh = issue_token(
+            principal,
+            config,
+            token_version=access.token_version,
+            auth_time=claims.auth_time,
+            not_after=session_end,
+            now=now,
+        )
+        return TokenOut(access_token=fresh, expires_in=min(config.token_ttl_s, session_end - now))
 
     @r.get("/auth/me", response_model=StaffOut)
     async def me(principal: PrincipalDep) -> StaffOut:
@@ -514,7 +607,8 @@ def _residents_router(ctx: RegistryContext) -> APIRouter:
         ),
         include_retired: bool = False,
     ) -> Page[ResidentOut]:
-        """Residents in the caller's scope. Audited: who listed whom."""
+        """Residents in the caller's scope. Audited: who listed whom (identical re-reads
+        within the coalescing window add to one audit row's count)."""
         where = ["area_path <@ %(scope)s::ltree"]
         if area_id:
             where.append("area_path <@ (SELECT path FROM areas WHERE area_id = %(area)s)")
@@ -543,13 +637,21 @@ def _residents_router(ctx: RegistryContext) -> APIRouter:
                 limit=limit,
                 offset=offset,
             )
-            await audit(
-                conn, principal, "list_residents", record_type="resident",
+            ids = [x["resident_id"] for x in rows]
+            filters = {
+                "area_id": area_id,
+                "community_id": community_id,
+                "name": name,
+                "include_retired": include_retired,
+                "limit": limit,
+                "offset": offset,
+            }
+            await audit_list_read(
+                conn, principal, "list_residents",
+                key=read_key(scope=principal.scope_path, filters=filters, resident_ids=ids),
+                now_ts=time.time(), window_s=ctx.audit_coalesce_s, record_type="resident",
                 scope_path=principal.scope_path, source_ip=_ip(request),
-                detail={
-                    "resident_ids": [x["resident_id"] for x in rows],
-                    "filters": {"area_id": area_id, "community_id": community_id, "name": name},
-                },
+                detail={"resident_ids": ids, "filters": filters},
             )  # fmt: skip
         return Page(items=[ResidentOut(**x) for x in rows], total=total, limit=limit, offset=offset)
 
@@ -782,6 +884,7 @@ def _devices_router(ctx: RegistryContext) -> APIRouter:
     @r.get("/devices", response_model=Page[DeviceOut])
     async def list_devices(
         *,
+        request: Request,
         principal: DeviceReaderDep,
         limit: Limit = 100,
         offset: Offset = 0,
@@ -790,7 +893,9 @@ def _devices_router(ctx: RegistryContext) -> APIRouter:
         area_id: str | None = None,
         active: bool | None = None,
     ) -> Page[DeviceOut]:
-        """Devices in the caller's scope, with their live presence."""
+        """Devices in the caller's scope, with their live presence. Audited like resident
+        listings: who listed which devices (identical re-reads within the coalescing window
+        add to one audit row's count)."""
         where = [_DEVICE_SCOPE]
         if device_type:
             where.append("device_type = %(type)s")
@@ -800,7 +905,7 @@ def _devices_router(ctx: RegistryContext) -> APIRouter:
             where.append("area_path <@ (SELECT path FROM areas WHERE area_id = %(area)s)")
         if active is not None:
             where.append("active = %(active)s")
-        async with _pool(ctx).connection() as conn:
+        async with _pool(ctx).connection() as conn, conn.transaction():
             rows, total = await _page(
                 conn,
                 select=_DEVICE_COLS,
@@ -816,21 +921,48 @@ def _devices_router(ctx: RegistryContext) -> APIRouter:
                 limit=limit,
                 offset=offset,
             )
+            ids = [x["device_id"] for x in rows]
+            filters = {
+                "device_type": device_type,
+                "resident_id": resident_id,
+                "area_id": area_id,
+                "active": active,
+                "limit": limit,
+                "offset": offset,
+            }
+            await audit_list_read(
+                conn, principal, "list_devices",
+                key=read_key(scope=principal.scope_path, filters=filters, device_ids=ids),
+                now_ts=time.time(), window_s=ctx.audit_coalesce_s, record_type="device",
+                scope_path=principal.scope_path, source_ip=_ip(request),
+                detail={"device_ids": ids, "filters": filters},
+            )  # fmt: skip
         return Page(
             items=[_device_out(ctx, x) for x in rows], total=total, limit=limit, offset=offset
         )
 
     @r.get("/devices/{device_id}", response_model=DeviceOut)
-    async def get_device(principal: DeviceReaderDep, device_id: str) -> DeviceOut:
-        async with _pool(ctx).connection() as conn:
+    async def get_device(request: Request, principal: DeviceReaderDep, device_id: str) -> DeviceOut:
+        """One device: who wears it, where, and its presence. Audited."""
+        async with _pool(ctx).connection() as conn, conn.transaction():
             row = await _device(conn, principal, device_id)
+            await audit(
+                conn, principal, "read_device", record_type="device", record_id=device_id,
+                scope_path=row["area_path"], source_ip=_ip(request),
+            )  # fmt: skip
         return _device_out(ctx, row)
 
     @r.get("/devices/{device_id}/presence", response_model=PresenceOut)
-    async def get_presence(principal: DeviceReaderDep, device_id: str) -> PresenceOut:
-        """Online/offline and battery, from the bridge's in-memory tracker."""
-        async with _pool(ctx).connection() as conn:
-            await _device(conn, principal, device_id)
+    async def get_presence(
+        request: Request, principal: DeviceReaderDep, device_id: str
+    ) -> PresenceOut:
+        """Online/offline and battery, from the bridge's in-memory tracker. Audited."""
+        async with _pool(ctx).connection() as conn, conn.transaction():
+            row = await _device(conn, principal, device_id)
+            await audit(
+                conn, principal, "read_presence", record_type="device", record_id=device_id,
+                scope_path=row["area_path"], source_ip=_ip(request),
+            )  # fmt: skip
         return _presence_of(ctx, device_id)
 
     @r.post("/devices", response_model=DeviceOut, status_code=201)
@@ -1042,7 +1174,8 @@ def _staff_router(ctx: RegistryContext) -> APIRouter:
 
     @r.delete("/staff/{user_id}", response_model=StaffOut)
     async def retire_staff(request: Request, principal: AdminDep, user_id: int) -> StaffOut:
-        """Soft delete: the user can no longer log in (tokens already issued expire soon)."""
+        """Soft delete: the user can no longer log in, and every token already issued, and
+        every open WebSocket of theirs, is refused within a second."""
         return await _update_staff(
             ctx,
             request,

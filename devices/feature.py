@@ -4,13 +4,16 @@
 runtime (the API pool, a way to receive readings and to spawn loops, settings values); the
 registry itself never imports ``ingest``. While :meth:`RegistryService.run` is entered, the
 service holds the presence tracker (other features subscribe to it through
-``service.presence.subscribe()``) and the login throttle.
+``service.presence.subscribe()``), the login throttle (its state is in the database) and the
+copy of the staff table every authenticated request is checked against (``service.staff``,
+kept current by ``devices.staff.watch_loop``; ``ingest.http`` hands it to the auth config).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ from devices.api import build_routers
 from devices.login import LoginThrottle
 from devices.presence import PresenceTracker
 from devices.readings import Reading
+from devices.staff import StaffCache
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,12 @@ class RegistryConfig:
     login_failure_window_s: float = 15 * 60
     login_lockout_base_s: float = 2.0
     login_lockout_max_s: float = 15 * 60
+    login_max_keys: int = 100_000
+    login_prune_interval_s: float = 60.0
+    # The staff copy re-reads the whole table this often besides following NOTIFY.
+    staff_refresh_s: float = 30.0
+    # Identical list reads (devices, residents) by one user within this window: one audit row.
+    audit_coalesce_s: float = 600.0
 
 
 class RegistryService:
@@ -46,6 +56,8 @@ class RegistryService:
         self._pool: AsyncConnectionPool[Any] | None = None
         self._presence: PresenceTracker | None = None
         self._throttle: LoginThrottle | None = None
+        self._staff: StaffCache | None = None
+        self._config = RegistryConfig()
 
     @property
     def pool(self) -> AsyncConnectionPool[Any]:
@@ -64,6 +76,16 @@ class RegistryService:
         if self._throttle is None:
             raise RuntimeError("registry service is not running")
         return self._throttle
+
+    @property
+    def staff(self) -> StaffCache:
+        if self._staff is None:
+            raise RuntimeError("registry service is not running")
+        return self._staff
+
+    @property
+    def audit_coalesce_s(self) -> float:
+        return self._config.audit_coalesce_s
 
     def routers(self) -> list[APIRouter]:
         return build_routers(self)
@@ -99,13 +121,24 @@ class RegistryService:
             # Start anyway: devices reappear as they are heard from.
             log.warning("presence: cannot rebuild from the database (%s)", exc)
         self._presence = presence
-        self._throttle = LoginThrottle(
+        throttle = LoginThrottle(
             free_failures=config.login_free_failures,
             window_s=config.login_failure_window_s,
             base_s=config.login_lockout_base_s,
             max_s=config.login_lockout_max_s,
+            max_keys=config.login_max_keys,
         )
+        self._throttle = throttle
+        staff = StaffCache(refresh_s=config.staff_refresh_s)
+        staff.bind(pool)
+        self._staff = staff
+        self._config = config
         self._pool = pool
+        spawn(staff.watch_loop(_listener(pool)), "devices.staff.watch_loop")
+        spawn(
+            throttle.prune_loop(pool.connection, interval_s=config.login_prune_interval_s),
+            "devices.login.prune_loop",
+        )
         if mirror_only:
             spawn(
                 presence.mirror_loop(
@@ -122,4 +155,25 @@ class RegistryService:
         try:
             yield
         finally:
+            staff.bind(None)
             self._pool = None
+
+
+def _listener(
+    pool: AsyncConnectionPool[Any],
+) -> Callable[[], Coroutine[Any, Any, psycopg.AsyncConnection[Any]]]:
+    """Open a connection of its own (LISTEN holds it for good) to the pool's database."""
+
+    async def connect() -> psycopg.AsyncConnection[Any]:
+        conninfo = pool.conninfo
+        if callable(conninfo):
+            resolved = conninfo()
+            conninfo = await resolved if inspect.isawaitable(resolved) else resolved
+        kwargs = pool.kwargs() if callable(pool.kwargs) else pool.kwargs
+        if inspect.isawaitable(kwargs):
+            kwargs = await kwargs
+        options = {**(kwargs or {}), "autocommit": True}
+        options.setdefault("connect_timeout", 5)
+        return await psycopg.AsyncConnection.connect(conninfo, **options)
+
+    return connect

@@ -17,6 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import AsyncConnectionPool
 
 from devices.auth import AuthConfig
+from devices.sessions import WebSocketAccessGuard
+from devices.staff import StaffCache
 from ingest.features import Feature
 from ingest.service import Runtime
 
@@ -63,9 +65,16 @@ def create_app(runtime: Runtime, features: Sequence[Feature] = ()) -> FastAPI:
     if not any(isinstance(f, RedactTokens) for f in access.filters):
         access.addFilter(RedactTokens())
     s = runtime.settings
+    # Tokens are checked against the registry's copy of the staff table when it runs: a
+    # retired user is refused at once, and their open WebSockets are closed (devices/staff.py).
+    staff = getattr(runtime.services.get("registry"), "staff", None)
     app.state.auth = AuthConfig(
-        secret=s.secret_key.get_secret_value(), token_ttl_s=s.access_token_ttl_s
+        secret=s.secret_key.get_secret_value(),
+        token_ttl_s=s.access_token_ttl_s,
+        staff=staff if isinstance(staff, StaffCache) else None,
     )
+    if app.state.auth.staff is not None:
+        app.add_middleware(WebSocketAccessGuard, config=app.state.auth)
     for feature in features:
         for router in feature.routers():
             app.include_router(router)

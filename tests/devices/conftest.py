@@ -7,7 +7,9 @@ admin serves the whole city. Ids carry a random suffix: the session database is 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -126,12 +128,18 @@ def bearer(principal: Principal, config: AuthConfig, **kw: Any) -> dict[str, str
 
 @contextlib.asynccontextmanager
 async def serve_registry(
-    conninfo: str, config: RegistryConfig | None = None, auth: AuthConfig | None = None
+    conninfo: str,
+    config: RegistryConfig | None = None,
+    auth: AuthConfig | None = None,
+    *,
+    client_ip: str = "10.0.0.7",
 ) -> AsyncIterator[tuple[httpx.AsyncClient, RegistryService]]:
-    """The registry alone (no bridge): its routers on a bare app, its service running."""
+    """The registry alone (no bridge): its routers on a bare app, its service running, tokens
+    checked against its staff copy as in the server. Requests come from ``client_ip``; the
+    login throttle is shared through the session database, so a test that trips it uses an
+    address of its own."""
     service = RegistryService()
     app = FastAPI()
-    app.state.auth = auth or AuthConfig(secret=SECRET, token_ttl_s=300)
     for router in service.routers():
         app.include_router(router)
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
@@ -139,8 +147,7 @@ async def serve_registry(
     )
     await pool.open()
     consumers: list[Any] = []
-    tasks: list[Any] = []
-    import asyncio  # noqa: PLC0415
+    tasks: list[asyncio.Task[None]] = []
 
     def spawn(coro: Any, name: str) -> None:
         tasks.append(asyncio.create_task(coro, name=name))
@@ -149,7 +156,10 @@ async def serve_registry(
         async with service.run(
             pool=pool, add_consumer=consumers.append, spawn=spawn, config=config or RegistryConfig()
         ):
-            transport = httpx.ASGITransport(app=app, client=("10.0.0.7", 5555))
+            app.state.auth = dataclasses.replace(
+                auth or AuthConfig(secret=SECRET, token_ttl_s=300), staff=service.staff
+            )
+            transport = httpx.ASGITransport(app=app, client=(client_ip, 5555))
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
                 yield http, service
     finally:
@@ -157,6 +167,30 @@ async def serve_registry(
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await pool.close()
+
+
+_HASH: list[str] = []
+
+
+def new_staff(conn: psycopg.Connection[Any], role: str, scope: str) -> Principal:
+    """A staff user of the calling test's own, password PASSWORD (the module's world is shared
+    by other tests: retiring or moving one of its users would disturb them)."""
+    if not _HASH:
+        _HASH.append(hash_password(PASSWORD))
+    username = f"{role}-{uuid.uuid4().hex[:10]}"
+    row = conn.execute(
+        "INSERT INTO staff_users (username, full_name, role, scope_path, password_hash)"
+        " VALUES (%s, %s, %s, %s::ltree, %s) RETURNING user_id",
+        (username, username, role, scope, _HASH[0]),
+    ).fetchone()
+    assert row is not None
+    return Principal(int(row[0]), username, role, scope)
+
+
+def unique_ip() -> str:
+    """An address no other test logs in from (10.x.y.z, random)."""
+    b = uuid.uuid4().bytes
+    return f"10.{b[0]}.{b[1]}.{max(b[2], 1)}"
 
 
 @pytest.fixture

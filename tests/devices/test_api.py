@@ -1,4 +1,5 @@
-"""Registry API: login, throttling, token expiry, CRUD with paging, and the audit trail."""
+"""Registry API: login, token expiry, CRUD with paging, and the audit trail (throttling:
+test_login.py; revocation and refresh: test_auth.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from devices.auth import AuthConfig
 from devices.broker_acl import mosquitto_verify
 from devices.feature import RegistryConfig
-from tests.devices.conftest import PASSWORD, World, bearer, serve_registry
+from tests.devices.conftest import PASSWORD, SECRET, World, bearer, new_staff, serve_registry
 
 
 async def login(api: httpx.AsyncClient, username: str, password: str) -> httpx.Response:
@@ -49,41 +50,6 @@ async def test_login_me_and_token_expiry(
         assert me.status_code == 401
     (row,) = audit_rows(sync_db, who.username, "login")
     assert row[:4] == ("staff_user", str(who.user_id), world.a.path, "10.0.0.7")
-
-
-async def test_failed_logins_are_throttled_per_user_and_per_address(
-    migrated_db: str, world: World, sync_db: psycopg.Connection[Any]
-) -> None:
-    config = RegistryConfig(login_free_failures=3, login_lockout_base_s=0.5)
-    who = world.b.staff["dispatcher"]
-    async with serve_registry(migrated_db, config) as (api, _):
-        for _ in range(3):
-            assert (await login(api, who.username, "wrong")).status_code == 401
-        # Locked: even the right password is refused, without being checked.
-        r = await login(api, who.username, PASSWORD)
-        assert r.status_code == 429
-        assert int(r.headers["Retry-After"]) >= 1
-        # The same address is locked out for other names too.
-        r = await login(api, world.b.staff["supervisor"].username, PASSWORD)
-        assert r.status_code == 429
-        await asyncio.sleep(0.6)
-        r = await login(api, who.username, PASSWORD)
-        assert r.status_code == 200, r.text
-        # Each further failure doubles the lockout: one more miss locks for 1 s.
-        assert (await login(api, f"nobody-{world.uid}", "x")).status_code == 401
-        assert (await login(api, who.username, PASSWORD)).status_code == 429
-    failed = sync_db.execute(
-        "SELECT count(*), min(source_ip), max(scope_path::text) FROM audit_log"
-        " WHERE action = 'login_failed' AND detail->>'username' = %s",
-        (who.username,),
-    ).fetchone()
-    assert failed == (3, "10.0.0.7", world.b.path)
-    throttled = sync_db.execute(
-        "SELECT count(*) FROM audit_log WHERE action = 'login_throttled'"
-        " AND detail->>'username' = %s",
-        (who.username,),
-    ).fetchone()
-    assert throttled is not None and throttled[0] >= 2
 
 
 async def test_unknown_and_retired_users_cannot_log_in(
@@ -319,3 +285,44 @@ async def test_null_for_a_required_field_is_a_client_error(
         f"/api/v1/residents/{world.a.resident_id}", headers=h, json={"full_name": None}
     )
     assert r.status_code == 422, r.text
+
+
+async def test_device_reads_are_audited_like_resident_reads(
+    migrated_db: str, world: World, sync_db: psycopg.Connection[Any]
+) -> None:
+    """One row per read of one device (detail, presence); list reads coalesced: identical
+    re-reads within the window add to the first row's count, other results or filters do not."""
+    disp = new_staff(sync_db, "dispatcher", world.a.path)
+    auth = AuthConfig(secret=SECRET)
+    h = bearer(disp, auth)
+    dev = world.a.device_id
+    async with serve_registry(migrated_db, RegistryConfig(audit_coalesce_s=600)) as (api, _):
+        for _ in range(2):
+            assert (await api.get(f"/api/v1/devices/{dev}", headers=h)).status_code == 200
+        assert (await api.get(f"/api/v1/devices/{dev}/presence", headers=h)).status_code == 200
+        mine = {"resident_id": world.a.resident_id}
+        for _ in range(3):
+            r = await api.get("/api/v1/devices", headers=h, params=mine)
+            every = [x["device_id"] for x in r.json()["items"]]
+            assert dev in every
+        r = await api.get("/api/v1/devices", headers=h, params={**mine, "active": True})
+        active = [x["device_id"] for x in r.json()["items"]]
+        # Out of scope: 404 and nothing read, so nothing audited.
+        b_dev = world.b.device_id
+        assert (await api.get(f"/api/v1/devices/{b_dev}", headers=h)).status_code == 404
+        for _ in range(2):
+            assert (await api.get("/api/v1/residents", headers=h)).status_code == 200
+
+    reads = audit_rows(sync_db, disp.username, "read_device")
+    assert [r[:4] for r in reads] == [("device", dev, world.a.path + f".{world.a.street_id}"
+                                       f".{world.a.community_id}", "10.0.0.7")] * 2  # fmt: skip
+    assert [r[1] for r in audit_rows(sync_db, disp.username, "read_presence")] == [dev]
+    listed = audit_rows(sync_db, disp.username, "list_devices")
+    assert [r[4]["device_ids"] for r in listed] == [every, active]
+    assert [r[4]["filters"]["active"] for r in listed] == [None, True]
+    counts = sync_db.execute(
+        "SELECT action, reads FROM audit_read_windows WHERE actor = %s ORDER BY last_at",
+        (disp.username,),
+    ).fetchall()
+    assert sorted(counts) == [("list_devices", 1), ("list_devices", 3), ("list_residents", 2)]
+    assert len(audit_rows(sync_db, disp.username, "list_residents")) == 1

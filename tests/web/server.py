@@ -46,6 +46,12 @@ async def build_town(db: psycopg.AsyncConnection[Any], uid: str) -> World:
         "UPDATE staff_users SET password_hash = %s WHERE username = ANY(%s)",
         (hash_password(PASSWORD), [p.username for p in w.staff.values()]),
     )
+    # A password change revokes the user's tokens (token_version + 1); this is the first
+    # password, set before any token: keep version 0, the one World.token() mints.
+    await db.execute(
+        "UPDATE staff_users SET token_version = 0 WHERE username = ANY(%s)",
+        ([p.username for p in w.staff.values()],),
+    )
     await db.execute(
         "UPDATE residents SET full_name = %s, birth_year = 1941, sex = 'female',"
         " phone = '+86 311 8888 0101', address = 'Building 3, Unit 2, Room 401, Heping Rd 12',"

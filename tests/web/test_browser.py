@@ -272,3 +272,66 @@ async def test_ops_dashboard(
             assert page.errors == []
     finally:
         pub.close()
+
+
+async def test_pages_renew_their_token_and_stay_signed_in_past_its_expiry(
+    browser: Any, migrated_db: str, db: psycopg.AsyncConnection[Any], uid: str, spool_dir: Path
+) -> None:
+    """A shift is longer than a token: the console and the dashboard renew theirs
+    (POST /api/v1/auth/refresh) before it expires and keep working, without a login dialog; a
+    dispatcher retired meanwhile is shown the login dialog instead."""
+    w = await build_town(db, uid)
+    ttl_s = 30  # the shortest the settings allow
+    settings = settings_for(migrated_db, uid, spool_dir, access_token_ttl_s=ttl_s)
+    pub = Publisher()
+    try:
+        async with serve(settings) as (rt, base):
+            await rt.source.client.wait_connected(5)
+            console = await sign_in(browser, base, "/console", w.staff["disp_ca"].username)
+            ops = await sign_in(browser, base, "/ops", w.staff["sup"].username)
+            seen: dict[Any, list[tuple[float, str, int, str]]] = {console: [], ops: []}
+            for page, log in seen.items():
+
+                def record(resp: Any, log: list[tuple[float, str, int, str]] = log) -> None:
+                    if "/api/" in resp.url:
+                        auth = resp.request.headers.get("authorization", "")
+                        log.append((time.monotonic(), resp.url, resp.status, auth))
+
+                page.on("response", record)
+            await console.wait_for_selector("#conn[data-state=live]", timeout=10_000)
+            signed_in = time.monotonic()
+            # Past the first token's expiry, with a margin for the dashboard's next poll.
+            await asyncio.sleep(ttl_s + 5)
+
+            for page, log in seen.items():
+                refreshes = [e for e in log if e[1].endswith("/api/v1/auth/refresh")]
+                assert refreshes and all(e[2] == 200 for e in refreshes), refreshes
+                # Renewed a third of the lifetime before expiry, so well before it.
+                assert refreshes[0][0] - signed_in < ttl_s - 5
+                assert not [e for e in log if e[2] == 401], log
+                assert await page.locator("#login[open]").count() == 0
+            # The dashboard polled on after the first token expired, with the new token.
+            late = [e for e in seen[ops] if e[0] - signed_in > ttl_s + 1]
+            assert late and all(e[2] == 200 for e in late)
+            assert late[-1][3] != seen[ops][0][3]
+
+            # The console still receives and reads: an SOS now reaches its queue (its socket
+            # stayed open; the queue is re-read with the renewed token).
+            root = settings.topic_root
+            await asyncio.to_thread(
+                pub.publish_many, [(f"{root}/{w.devices['r1']}/sos", payload(seq=1))]
+            )
+            await console.locator("#queue .inc:not(.provisional)").wait_for(timeout=5_000)
+            assert await console.get_attribute("#conn", "data-state") == "live"
+            assert console.errors == [] and ops.errors == []
+
+            # Retired mid-shift: the socket is closed and the login dialog comes up.
+            await db.execute(
+                "UPDATE staff_users SET retired_at = now() WHERE user_id = %s",
+                (w.staff["disp_ca"].user_id,),
+            )
+            await console.wait_for_selector("#login[open]", timeout=10_000)
+            # Chromium logs the refused request itself; the page's code raised nothing.
+            assert all("status of 401" in e for e in console.errors), console.errors
+    finally:
+        pub.close()

@@ -1,5 +1,6 @@
 // Shared by the console and the dashboard: translation, DOM and SVG builders, the signed-in
-// session (token in sessionStorage, so it dies with the tab) and the login dialog.
+// session (token in sessionStorage, so it dies with the tab, renewed before it expires) and the
+// login dialog.
 
 import { LANGS, STRINGS } from "./i18n.js";
 
@@ -129,9 +130,84 @@ export function fmtBytes(n) {
 // -- session ---------------------------------------------------------------------------------
 
 const TOKEN_KEY = "carecall.token";
+const TOKEN_AT_KEY = "carecall.token_at"; // when this tab received it (our clock, ms)
 
 export function token() {
   return sessionStorage.getItem(TOKEN_KEY);
+}
+
+function setToken(tok) {
+  sessionStorage.setItem(TOKEN_KEY, tok);
+  sessionStorage.setItem(TOKEN_AT_KEY, String(Date.now()));
+  scheduleRefresh();
+}
+
+function dropToken() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem(TOKEN_AT_KEY);
+  clearTimeout(refresher.timer);
+}
+
+/** The token's lifetime in seconds (exp - iat), read from its payload; the server checks it. */
+function lifetimeS(tok) {
+  try {
+    const b64 = tok.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(atob(b64.padEnd(Math.ceil(b64.length / 4) * 4, "=")));
+    const life = Number(claims.exp) - Number(claims.iat);
+    return Number.isFinite(life) && life > 0 ? life : null;
+  } catch {
+    return null;
+  }
+}
+
+// -- keeping the session: a shift is longer than a token ----------------------------------------
+
+const REFRESH_RETRY_MS = 10000;
+const refresher = { timer: null, running: false };
+
+/**
+ * Renew the token a third of its lifetime (at most 5 min) before it expires. Timed from when
+ * this tab received it, so a wrong clock on the workstation does not matter; after the
+ * computer slept, the overdue renewal runs at once (and a token that expired meanwhile brings
+ * the login dialog up, as any 401 does).
+ */
+function scheduleRefresh() {
+  clearTimeout(refresher.timer);
+  const tok = token();
+  const life = tok && lifetimeS(tok);
+  if (!life) return;
+  const at = Number(sessionStorage.getItem(TOKEN_AT_KEY)) || Date.now();
+  const dueMs = at + (life - Math.min(300, life / 3)) * 1000 - Date.now();
+  refresher.timer = setTimeout(refreshToken, Math.max(0, dueMs));
+}
+
+/** POST /api/v1/auth/refresh with the current token; a refusal means: sign in again. */
+async function refreshToken() {
+  const current = token();
+  if (!current || refresher.running) return;
+  refresher.running = true;
+  try {
+    const resp = await fetch("/api/v1/auth/refresh", {
+      method: "POST",
+      headers: { Authorization: `Bearer ${current}` },
+    });
+    if (token() !== current) return; // signed in again meanwhile: that token wins
+    if (resp.status === 401) {
+      // Expired, revoked, user retired, or the session is over.
+      dropToken();
+      onUnauthorized();
+      return;
+    }
+    if (!resp.ok) throw new HttpError(resp.status, resp.statusText);
+    setToken((await resp.json()).access_token);
+  } catch (err) {
+    // The server is restarting or the network is down: try again while the token holds.
+    console.warn("token refresh failed; retrying", err);
+    clearTimeout(refresher.timer);
+    refresher.timer = setTimeout(refreshToken, REFRESH_RETRY_MS);
+  } finally {
+    refresher.running = false;
+  }
 }
 
 export class HttpError extends Error {
@@ -154,7 +230,7 @@ export async function api(path, { method = "GET", body } = {}) {
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   if (resp.status === 401) {
-    sessionStorage.removeItem(TOKEN_KEY);
+    dropToken();
     onUnauthorized();
   }
   if (!resp.ok) {
@@ -185,7 +261,7 @@ export function signIn(dialog, roles) {
       try {
         const me = await api("/api/v1/auth/me");
         if (roles && !roles.includes(me.role)) {
-          sessionStorage.removeItem(TOKEN_KEY);
+          dropToken();
           error.textContent = t("login.forbidden");
           return false;
         }
@@ -205,7 +281,7 @@ export function signIn(dialog, roles) {
         error.textContent = t(key, { status: resp.status });
         return;
       }
-      sessionStorage.setItem(TOKEN_KEY, (await resp.json()).access_token);
+      setToken((await resp.json()).access_token);
       form.reset();
       if (await check()) dialog.close();
     });
@@ -218,8 +294,17 @@ export function signIn(dialog, roles) {
   });
 }
 
-/** After sign-in: a 401 (expired token) reopens the login dialog over the page. */
+/**
+ * After sign-in: the token is renewed before it expires, for as long as the server allows the
+ * session (a 12-hour shift); a 401 (revoked, or the session is over) reopens the login dialog
+ * over the page.
+ */
 export function keepSignedIn(dialog, afterLogin) {
+  scheduleRefresh();
+  // Timers sleep with the computer: look again when the page is shown.
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") scheduleRefresh();
+  });
   onUnauthorized = () => {
     if (dialog.open) return;
     $(".form-error", dialog).textContent = t("login.expired");
@@ -232,7 +317,7 @@ export function keepSignedIn(dialog, afterLogin) {
 }
 
 export function logout() {
-  sessionStorage.removeItem(TOKEN_KEY);
+  dropToken();
   location.reload();
 }
 
