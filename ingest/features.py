@@ -46,6 +46,9 @@ def registry_feature() -> Feature:
             login_failure_window_s=s.login_failure_window_s,
             login_lockout_base_s=s.login_lockout_base_s,
             login_lockout_max_s=s.login_lockout_max_s,
+            login_max_keys=s.login_throttle_max_keys,
+            staff_refresh_s=s.staff_refresh_s,
+            audit_coalesce_s=s.audit_coalesce_s,
         )
         async with service.run(
             pool=rt.pool,
@@ -84,7 +87,7 @@ async def _run_alerts(rt: Runtime) -> AsyncIterator[None]:
         db_timeout_s=s.db_connect_timeout_s,
         gateway_callback_secret=secret(s.alerts_gateway_callback_secret),
         timezone=s.alerts_timezone,
-        audit_coalesce_s=s.alerts_audit_coalesce_s,
+        audit_coalesce_s=s.audit_coalesce_s,
     )
     # Split by role (docs/ingest.md, "Two processes"): the worker runs the rules on the
     # reading stream and writes what they detect; the front shows urgent readings from the

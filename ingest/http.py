@@ -71,6 +71,7 @@ def create_app(runtime: Runtime, features: Sequence[Feature] = ()) -> FastAPI:
     app.state.auth = AuthConfig(
         secret=s.secret_key.get_secret_value(),
         token_ttl_s=s.access_token_ttl_s,
+        session_max_s=s.session_max_s,
         staff=staff if isinstance(staff, StaffCache) else None,
     )
     if app.state.auth.staff is not None:

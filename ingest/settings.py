@@ -97,9 +97,6 @@ class Settings(BaseSettings):
     alerts_public_url: str = "http://127.0.0.1:8080"  # where the gateway posts call results
     # KPIs roll up per local day of the hotline: an IANA zone name.
     alerts_timezone: str = "Asia/Shanghai"
-    # Identical list reads (a console refreshing its queue) by one user within this span are
-    # audited once with a count; 0 audits every read (docs/alerts.md, "Access").
-    alerts_audit_coalesce_s: float = Field(default=600.0, ge=0)
 
     # Failed logins (devices/login.py): after login_free_failures failures within
     # login_failure_window_s, a username or source IP is locked out for login_lockout_base_s,
@@ -108,6 +105,16 @@ class Settings(BaseSettings):
     login_failure_window_s: float = Field(default=15 * 60, gt=0)
     login_lockout_base_s: float = Field(default=2.0, gt=0)
     login_lockout_max_s: float = Field(default=15 * 60, gt=0)
+    login_throttle_max_keys: int = Field(default=100_000, ge=100)  # rows kept, oldest go first
+
+    # Sessions (devices/auth.py, docs/registry.md): a token may be refreshed until this long
+    # after its sign-in (a 12-hour shift and the handover); each process re-reads the staff
+    # table this often besides following its NOTIFY.
+    session_max_s: int = Field(default=13 * 3600, ge=60)
+    staff_refresh_s: float = Field(default=30.0, gt=0)
+    # Identical list reads (a console refreshing its queue, a device or resident listing) by
+    # one user within this span are audited once with a count; 0 audits every read.
+    audit_coalesce_s: float = Field(default=600.0, ge=0)
 
     # Presence (devices/presence.py): a device is offline after presence_missed_heartbeats
     # heartbeat periods of silence, or at once on its offline will.
