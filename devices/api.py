@@ -148,6 +148,33 @@ def _ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
+async def _audit_listing(
+    conn: Conn,
+    ctx: RegistryContext,
+    request: Request,
+    principal: Principal,
+    *,
+    record_type: str,
+    ids: list[Any],
+    filters: dict[str, Any],
+) -> None:
+    """A listing of ``record_type`` rows: one audit row per identical read within the
+    coalescing window (devices/audit.py), naming the rows returned."""
+    id_key = f"{record_type}_ids"
+    await audit_list_read(
+        conn,
+        principal,
+        f"list_{record_type}s",
+        key=read_key(scope=principal.scope_path, filters=filters, **{id_key: ids}),
+        now_ts=time.time(),
+        window_s=ctx.audit_coalesce_s,
+        record_type=record_type,
+        scope_path=principal.scope_path,
+        source_ip=_ip(request),
+        detail={id_key: ids, "filters": filters},
+    )
+
+
 def _scope(p: Principal) -> dict[str, Any]:
     return {"scope": p.scope_path, "stock": p.role in STOCK_ROLES}
 
@@ -646,13 +673,9 @@ def _residents_router(ctx: RegistryContext) -> APIRouter:
                 "limit": limit,
                 "offset": offset,
             }
-            await audit_list_read(
-                conn, principal, "list_residents",
-                key=read_key(scope=principal.scope_path, filters=filters, resident_ids=ids),
-                now_ts=time.time(), window_s=ctx.audit_coalesce_s, record_type="resident",
-                scope_path=principal.scope_path, source_ip=_ip(request),
-                detail={"resident_ids": ids, "filters": filters},
-            )  # fmt: skip
+            await _audit_listing(
+                conn, ctx, request, principal, record_type="resident", ids=ids, filters=filters
+            )
         return Page(items=[ResidentOut(**x) for x in rows], total=total, limit=limit, offset=offset)
 
     @r.get("/residents/{resident_id}", response_model=ResidentOut)
@@ -930,13 +953,9 @@ def _devices_router(ctx: RegistryContext) -> APIRouter:
                 "limit": limit,
                 "offset": offset,
             }
-            await audit_list_read(
-                conn, principal, "list_devices",
-                key=read_key(scope=principal.scope_path, filters=filters, device_ids=ids),
-                now_ts=time.time(), window_s=ctx.audit_coalesce_s, record_type="device",
-                scope_path=principal.scope_path, source_ip=_ip(request),
-                detail={"device_ids": ids, "filters": filters},
-            )  # fmt: skip
+            await _audit_listing(
+                conn, ctx, request, principal, record_type="device", ids=ids, filters=filters
+            )
         return Page(
             items=[_device_out(ctx, x) for x in rows], total=total, limit=limit, offset=offset
         )
