@@ -152,8 +152,8 @@ async def _poll(link: WorkerLink, *, interval_s: float = 1.0) -> None:
                 m = await client.get(f"{base}/metrics")
                 link.registry.remote = list(text_string_to_metric_families(m.text))
                 link.status_ts = time.time()
-            except (httpx.HTTPError, ValueError):
-                link.ready = False
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                link.ready = False  # down, starting, or answering nonsense: not ready
             await asyncio.sleep(interval_s)
 
 
@@ -174,9 +174,15 @@ async def _supervise(
     while True:
         # Its own session: a terminal's Ctrl-C reaches the front only, which then stops the
         # worker in order (flush, acknowledge) after its own HTTP side.
-        proc = await asyncio.create_subprocess_exec(
-            *_worker_command(), stdin=asyncio.subprocess.PIPE, env=env, start_new_session=True
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *_worker_command(), stdin=asyncio.subprocess.PIPE, env=env, start_new_session=True
+            )
+        except OSError as exc:  # out of processes or memory: keep trying, loudly
+            log.error("ingest worker cannot be started (%s); retrying in %.1f s", exc, backoff_s)
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, max_backoff_s)
+            continue
         procs[:] = [proc]
         link.pid = proc.pid
         link.starts += 1
@@ -244,10 +250,10 @@ async def run_server(
             settings, conninfo=rt.conninfo, host=rt.mqtt_host, port=rt.mqtt_port
         )
         procs: list[asyncio.subprocess.Process] = []
-        supervisor = asyncio.create_task(
-            _supervise(link, config_json, procs), name="ingest.worker.supervise"
-        )
-        poller = asyncio.create_task(_poll(link), name="ingest.worker.poll")
+        # Spawned by the runtime: if either loop dies, the server fails (and is restarted).
+        rt.spawn(_supervise(link, config_json, procs), "ingest.worker.supervise")
+        rt.spawn(_poll(link), "ingest.worker.poll")
+        supervisor, poller = rt.tasks[-2:]
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait_ready_s):

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,9 +28,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from ingest.features import FEATURES
+from ingest.http import create_app
 from ingest.service import Runtime
 from ingest.settings import Settings
-from ingest.worker import MergedRegistry
+from ingest.worker import MergedRegistry, run_server
 from tests.alerts.server import next_message
 from tests.alerts.world import SECRET, build_world
 from tests.fixtures.server import serving
@@ -258,3 +260,40 @@ def test_merged_registry_sums_shared_families_and_takes_worker_owned_ones() -> N
     # The front's own _created series stay; the worker's are left out (not summable).
     created = [k for k in got if k[0] == "carecall_alert_incidents_opened_created"]
     assert created and all(got[k] < 1.8e9 and got[k] != 1.7e9 for k in created)
+
+
+async def test_a_worker_that_cannot_start_is_retried_and_reported(
+    migrated_db: str, uid: str, spool_dir: Path, broker: Mosquitto
+) -> None:
+    """Its port taken: the worker exits at start, the front keeps retrying with backoff and
+    says so in /readyz (503, restarts and exit codes) instead of pretending to be ready."""
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    settings = bridge_settings(
+        migrated_db,
+        uid,
+        spool_dir,
+        port=broker.port,
+        secret_key=SECRET,
+        ingest_worker=True,
+        worker_http_port=blocker.getsockname()[1],
+    )
+    try:
+        async with run_server(settings, wait_ready_s=2.0) as rt:
+            link = rt.worker
+            assert link is not None
+            await eventually(lambda: link.starts >= 3, timeout_s=20)
+            assert not link.ready
+            app = create_app(rt, [])
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+                r = await http.get("/readyz")
+            assert r.status_code == 503
+            body = r.json()
+            assert body["status"] == "degraded"
+            assert body["ingest_worker"]["restarts"] >= 2
+            assert body["ingest_worker"]["last_exit_codes"]
+            assert not rt.failed.is_set()  # the front itself is healthy and keeps trying
+    finally:
+        blocker.close()
