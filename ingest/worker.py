@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
@@ -246,6 +246,15 @@ async def run_server(
     ) as rt:
         link = WorkerLink(port=worker_port(settings), registry=registry)
         rt.worker = link
+        # Exported by the front itself (not carecall_ingest_*: those come from the worker).
+        Gauge(
+            "carecall_worker_up", "1 while the ingest worker answers ready", registry=registry
+        ).set_function(lambda: float(link.ready))
+        Gauge(
+            "carecall_worker_restarts",
+            "Times the ingest worker was started again after it exited",
+            registry=registry,
+        ).set_function(lambda: float(max(0, link.starts - 1)))
         config_json = settings_for_worker(
             settings, conninfo=rt.conninfo, host=rt.mqtt_host, port=rt.mqtt_port
         )

@@ -128,6 +128,8 @@ async def test_front_and_worker(
                 text = (await http.get("/metrics")).text
                 assert _sample(text, "carecall_ingest_messages_stored_total") >= 301
                 assert _sample(text, "carecall_ingest_mqtt_connected") == 1
+                assert _sample(text, "carecall_worker_up") == 1
+                assert _sample(text, "carecall_worker_restarts") == 0
                 ready = await http.get("/readyz")
                 assert ready.status_code == 200, ready.text
                 body = ready.json()
