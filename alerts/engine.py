@@ -103,6 +103,8 @@ class RegistryCache:
         self.devices: dict[str, Placement] = {}
         self.overrides: dict[str, Mapping[str, Any]] = {}
         self.top_areas: frozenset[str] = frozenset()
+        # Active devices: all, wearables (accelerometer), home devices (gateway, sensors).
+        self.fleet: dict[str, int] = {"devices": 0, "wearables": 0, "homes": 0}
         self.loaded = False
 
     async def load(self, conn: psycopg.AsyncConnection[Any]) -> set[str]:
@@ -125,6 +127,14 @@ class RegistryCache:
                 merged["news2"] = {**merged["news2"], "spo2_scale": 2}
             if merged:
                 overrides[str(rid)] = merged
+        cur = await conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE device_type IN"
+            " ('watch', 'pendant', 'belt', 'chest_band')), count(*) FILTER (WHERE device_type"
+            " = 'home_gateway' OR right(device_type, 7) = '_sensor') FROM devices WHERE active"
+        )
+        row = await cur.fetchone()
+        if row is not None:
+            self.fleet = {"devices": row[0], "wearables": row[1], "homes": row[2]}
         cur = await conn.execute(
             "SELECT path::text FROM areas WHERE nlevel(path) = 1 AND retired_at IS NULL"
         )
@@ -594,6 +604,8 @@ class AlertEngine:
         with contextlib.suppress(*_DB_DOWN):
             async with asyncio.timeout(self.config.db_timeout_s), self.pool.connection() as conn:
                 await self._refresh_cache(conn)
+        if self.cache.loaded:
+            self.runner.size_for(**self.cache.fleet)
         async with self.notifier.running():
             tasks = [
                 asyncio.create_task(fn(), name=name)

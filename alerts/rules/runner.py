@@ -169,7 +169,28 @@ class RuleRunner:
         self._fall_bank_list: list[FallDetectorBank] = []  # the same, by _DeviceColumns index
         self._cols = _DeviceColumns()
         self._homes: HomeBank | None = None  # built on the first home event
+        self._fall_capacity = initial_capacity  # of the first fall bank, when it is built
+        self._home_capacity = initial_capacity
         self.counters: collections.Counter[str] = collections.Counter()
+
+    def size_for(self, *, devices: int, wearables: int, homes: int) -> None:
+        """Size the state columns for the fleet the registry lists, before readings flow.
+
+        Columns grown on demand keep up to a quarter of their slots spare (bench/rules.py:
+        1,147 B per device with every kind of state, against 989 B presized); sized here, a
+        wearable's fall slots and a home's slots are only allocated for devices of that kind.
+        Only state not yet in use is resized: later devices still grow the columns.
+        """
+
+        def planned(n: int) -> int:
+            return max(64, n + n // 20 + 16)  # 5 % for devices added while running
+
+        if not self._devices and not self._residents:
+            self._vitals = VitalsBank(planned(devices))
+        if not self._fall_banks:
+            self._fall_capacity = planned(wearables)
+        if self._homes is None:
+            self._home_capacity = planned(homes)
 
     # -- devices and rules -------------------------------------------------------------
     def _rules_for(self, resident_id: str | None) -> _ResidentRules:
@@ -240,7 +261,7 @@ class RuleRunner:
         ring_len = ring_len_for(params)
         bank = self._fall_banks.get(ring_len)
         if bank is None:
-            capacity = self._initial_capacity if not self._fall_banks else 64
+            capacity = self._fall_capacity if not self._fall_banks else 64
             bank = FallDetectorBank(capacity=capacity, ring_len=ring_len)
             self._fall_banks[ring_len] = bank
             self._fall_bank_list.append(bank)
@@ -529,7 +550,7 @@ class RuleRunner:
         if isinstance(reading, HomeEvent):
             homes = self._homes
             if homes is None:
-                homes = self._homes = HomeBank(self._initial_capacity)
+                homes = self._homes = HomeBank(self._home_capacity)
             home_slot = self._cols.home_slot[device.row]
             if home_slot < 0:
                 home_slot = self._cols.home_slot[device.row] = homes.add(env.device_ts)

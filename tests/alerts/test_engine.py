@@ -219,3 +219,31 @@ async def _kinds(db: psycopg.AsyncConnection[Any], resident_id: int, n: int) -> 
     cur = await db.execute("SELECT count(*) FROM incidents WHERE resident_id = %s", (resident_id,))
     row = await cur.fetchone()
     return row is not None and row[0] >= n
+
+
+async def test_the_registry_cache_counts_the_fleet_by_kind(
+    engine: Any, db: psycopg.AsyncConnection[Any], uid: str
+) -> None:
+    """What the engine sizes the rule state by at start (RuleRunner.size_for)."""
+    async with engine.pool.connection() as conn:
+        await engine.cache.load(conn)
+    before = dict(engine.cache.fleet)
+    typed = [
+        ("watch", 3),
+        ("belt", 1),
+        ("home_gateway", 2),
+        ("smoke_sensor", 1),
+        ("door_sensor", 1),
+    ]
+    for device_type, n in typed:
+        for i in range(n):
+            await db.execute(
+                "INSERT INTO devices (device_id, device_type) VALUES (%s, %s)",
+                (f"{uid}-{device_type}-{i}", device_type),
+            )
+    async with engine.pool.connection() as conn:
+        await engine.cache.load(conn)
+    after = engine.cache.fleet
+    assert after["devices"] - before["devices"] == 8
+    assert after["wearables"] - before["wearables"] == 4
+    assert after["homes"] - before["homes"] == 4

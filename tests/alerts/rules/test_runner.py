@@ -630,3 +630,20 @@ def test_fall_detector_uses_the_preset_for_the_worn_position(
     window = accel(T0, np.zeros((50, 3), dtype=np.float32) + np.float32([0, -1, 0]))
     runner.process(msgspec.structs.replace(window, position=position))
     assert runner.fall_params("w-1") == expected
+
+
+def test_size_for_presizes_each_kind_of_state_for_the_fleet() -> None:
+    """The engine sizes the columns from the registry at start: no 25 % growth slack, and fall
+    and home slots only for devices of that kind."""
+    runner = make_runner()
+    runner.size_for(devices=5_000, wearables=3_000, homes=2_000)
+    runner.process(accel(T0, np.tile([0.0, 0.0, 1.0], (50, 1))))
+    runner.process(HomeEvent(env=env(T0, "gw"), sensor=SensorType.MOTION, state="active"))
+    fall_bank = runner._fall_bank_list[0]
+    assert runner._homes is not None
+    assert 5_000 < runner._vitals.capacity <= 5_300
+    assert 3_000 < fall_bank.capacity <= 3_200
+    assert 2_000 < runner._homes.capacity <= 2_150
+    # State in use is never resized: a second call changes nothing.
+    runner.size_for(devices=50_000, wearables=30_000, homes=20_000)
+    assert runner._vitals.capacity <= 5_300 and fall_bank.capacity <= 3_200
