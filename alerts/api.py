@@ -2,9 +2,9 @@
 
 Every read and write takes the caller's scope and filters in SQL; an incident outside it
 answers 404 exactly like one that does not exist. Every call is audited; identical list reads
-within a window are one audit row with a count (``alerts/audit.py``). The WebSocket carries
-notices to the console and one frame back, ``shown`` (what the console's screen now shows,
-which stamps "delivered").
+within a window are one audit row with a count (``devices.audit.audit_list_read``). The
+WebSocket carries notices to the console and one frame back, ``shown`` (what the console's
+screen now shows, which stamps "delivered").
 """
 
 from __future__ import annotations
@@ -26,14 +26,13 @@ from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, Field
 from starlette.websockets import WebSocketDisconnect
 
-from alerts.audit import audit_list_read, read_key
 from alerts.channels import verify
 from alerts.engine import AlertEngine
 from alerts.errors import IncidentNotFoundError, InvalidTransitionError, NotFoundError
 from alerts.escalation import call_result
 from alerts.incidents import CLOSED_STATES, HELP, OPEN_STATES, OUTCOMES
 from alerts.kpi import kpis
-from devices.audit import audit
+from devices.audit import audit, audit_list_read, read_key
 from devices.auth import AuthError, Principal, principal_from_token, require_roles
 
 log = logging.getLogger(__name__)

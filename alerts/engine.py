@@ -85,7 +85,7 @@ class EngineConfig:
     # KPI days are local days of the hotline (an IANA zone name).
     timezone: str = "Asia/Shanghai"
     # Identical list reads by one user within this span are audited once, with a count (0: every
-    # read is a row). See alerts/audit.py.
+    # read is a row). See devices/audit.py, audit_list_read.
     audit_coalesce_s: float = 600.0
 
 
