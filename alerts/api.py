@@ -16,7 +16,6 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo
 
 import msgspec
 import psycopg
@@ -31,7 +30,7 @@ from alerts.engine import AlertEngine
 from alerts.errors import IncidentNotFoundError, InvalidTransitionError, NotFoundError
 from alerts.escalation import call_result
 from alerts.incidents import CLOSED_STATES, HELP, OPEN_STATES, OUTCOMES
-from alerts.kpi import kpis
+from alerts.kpi import kpis, local_days
 from devices.audit import audit, audit_list_read, read_key
 from devices.auth import AuthError, Principal, principal_from_token, require_roles
 
@@ -346,9 +345,7 @@ def routers() -> list[APIRouter]:
     ) -> Any:
         """Per area at ``level`` and per local day (``CARECALL_ALERTS_TIMEZONE``), in scope."""
         zone = engine.config.timezone
-        today = dt.datetime.fromtimestamp(engine.clock.now(), tz=ZoneInfo(zone)).date()
-        until = until or today
-        since = since or until - dt.timedelta(days=6)
+        since, until = local_days(engine.clock.now(), zone, since=since, until=until)
         async with engine.pool.connection() as conn:
             rows = await kpis(
                 conn,

@@ -11,11 +11,27 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg.rows import dict_row
 
 DEPTH: Final = {"city": 1, "district": 2, "street": 3, "community": 4}
+DEFAULT_DAYS: Final = 7
+
+
+def local_days(
+    now_ts: float,
+    timezone: str,
+    *,
+    since: dt.date | None = None,
+    until: dt.date | None = None,
+    days: int = DEFAULT_DAYS,
+) -> tuple[dt.date, dt.date]:
+    """The (since, until) local days of a KPI query: until defaults to today in ``timezone``,
+    since to ``days`` days up to until (both ends included)."""
+    until = until or dt.datetime.fromtimestamp(now_ts, tz=ZoneInfo(timezone)).date()
+    return since or until - dt.timedelta(days=days - 1), until
 
 
 async def kpis(

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeVar
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from fastapi import APIRouter, Request
@@ -95,13 +93,6 @@ def _sampler(rt: Runtime) -> OpsSampler:
     return OpsSampler(rt.metrics.registry)
 
 
-def _today(zone: str) -> dt.date:
-    try:
-        return dt.datetime.now(ZoneInfo(zone)).date()
-    except ZoneInfoNotFoundError:
-        return dt.datetime.now(dt.UTC).date()
-
-
 async def _devices(rt: Runtime, principal: Principal) -> dict[str, Any] | None:
     """Devices in scope by presence; None when the registry's tracker is not running."""
     presence = rt.services.get("presence")
@@ -165,12 +156,11 @@ async def _incidents(rt: Runtime, principal: Principal) -> dict[str, Any]:
 async def _kpis(rt: Runtime, principal: Principal, level: str) -> dict[str, Any] | None:
     """The alert KPIs of the last seven local days (None if the alerts package is absent)."""
     try:
-        from alerts.kpi import kpis  # noqa: PLC0415 - optional: the dashboard runs without it
+        from alerts.kpi import kpis, local_days  # noqa: PLC0415 - optional: the dashboard runs without it
     except ImportError:
         return None
     zone = rt.settings.alerts_timezone
-    until = _today(zone)
-    since = until - dt.timedelta(days=6)
+    since, until = local_days(time.time(), zone)
     async with rt.pool.connection() as conn:
         rows = await kpis(
             conn,
