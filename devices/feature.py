@@ -96,7 +96,7 @@ class RegistryService:
         *,
         pool: AsyncConnectionPool[Any],
         add_consumer: Callable[[Callable[[Reading], None]], None],
-        spawn: Callable[[Coroutine[Any, Any, None], str], None],
+        spawn: Callable[[Coroutine[Any, Any, None], str], object],
         config: RegistryConfig,
         load_timeout_s: float = 10.0,
         mirror_only: bool = False,

@@ -90,10 +90,10 @@ class Runtime:
         cheap (hand heavy work to a queue and a task of your own): it runs on the hot path."""
         self.bridge.consumers.append(consume)
 
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """Run a feature's background loop; it is cancelled when the runtime closes and a
         crash of it fails the server (``failed`` is set)."""
-        _spawn(self.tasks, self, coro, name)
+        return _spawn(self.tasks, self, coro, name)
 
 
 async def resolve_database(
@@ -153,7 +153,7 @@ def _spawn(
     rt: Runtime,
     coro: Coroutine[Any, Any, None],
     name: str,
-) -> None:
+) -> asyncio.Task[None]:
     task = asyncio.create_task(coro, name=name)
 
     def _done(t: asyncio.Task[None]) -> None:
@@ -166,6 +166,7 @@ def _spawn(
 
     task.add_done_callback(_done)
     tasks.append(task)
+    return task
 
 
 async def maintenance_loop(rt: Runtime, store: Store, *, interval_s: float = 60.0) -> None:

@@ -260,9 +260,8 @@ async def run_server(
         )
         procs: list[asyncio.subprocess.Process] = []
         # Spawned by the runtime: if either loop dies, the server fails (and is restarted).
-        rt.spawn(_supervise(link, config_json, procs), "ingest.worker.supervise")
-        rt.spawn(_poll(link), "ingest.worker.poll")
-        supervisor, poller = rt.tasks[-2:]
+        supervisor = rt.spawn(_supervise(link, config_json, procs), "ingest.worker.supervise")
+        poller = rt.spawn(_poll(link), "ingest.worker.poll")
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait_ready_s):
