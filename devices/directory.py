@@ -51,7 +51,8 @@ class DeviceDirectory:
         self._active = ids
         self.loaded_from = "database"
         if self.snapshot_path is not None:
-            tmp = self.snapshot_path.with_suffix(".tmp")
+            # Per process: the server's front and its ingest worker both keep the snapshot.
+            tmp = self.snapshot_path.with_name(f".{self.snapshot_path.name}.{os.getpid()}.tmp")
             try:
                 tmp.parent.mkdir(parents=True, exist_ok=True)
                 tmp.write_text(json.dumps(sorted(ids)))
