@@ -164,7 +164,7 @@ async def _urgent_lane(rt: Runtime) -> None:
         # The bridge's own checks, on the same memory: an unknown device or a replayed
         # sequence number is refused here too, and whichever lane sees a press first is the
         # one that hands it over (the other sees a duplicate).
-        if rt.bridge.validator.check(r, topic, received_ts) is not False:
+        if rt.validator.check(r, topic, received_ts) is not False:
             return None
         return r
 

@@ -90,7 +90,7 @@ def create_app(runtime: Runtime, features: Sequence[Feature] = ()) -> FastAPI:
     @app.get("/readyz", tags=["ops"])
     async def readyz(rt: RuntimeDep) -> JSONResponse:
         """Ready when connected to the broker and writing to the database directly."""
-        if rt.worker is not None:
+        if rt.bridge is None or rt.source is None:  # the front: its worker holds the bridge
             return _front_readiness(rt)
         body: dict[str, Any] = {
             "broker": {
@@ -121,8 +121,8 @@ def create_app(runtime: Runtime, features: Sequence[Feature] = ()) -> FastAPI:
 def _front_readiness(rt: Runtime) -> JSONResponse:
     """The front with an ingest worker: ready when the worker is (it holds the bridge) and
     the front's own schema check passed; the worker's report is included as it was read."""
-    worker = rt.worker.summary()
-    status = worker.get("status") or {}
+    worker: dict[str, Any] = rt.worker.summary() if rt.worker is not None else {"ready": False}
+    status: dict[str, Any] = worker.get("status") or {}
     body: dict[str, Any] = {
         "broker": status.get("broker", {"connected": False}),
         "database": status.get("database", {"up": False}),

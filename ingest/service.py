@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 # Which part of the server this process runs (docs/ingest.md, "Two processes"):
 # "all": everything in one process (tests, demo, small sites);
-# "front": HTTP, consoles, urgent lane and incidents; its bridge is built but never started;
+# "front": HTTP, consoles, urgent lane and incidents; no bridge (it sees no readings);
 # "worker": the bridge and the rule engine (a child of the front, no public HTTP).
 Role = Literal["all", "front", "worker"]
 
@@ -68,9 +68,12 @@ class Runtime:
     mqtt_host: str
     mqtt_port: int
     metrics: IngestMetrics
-    bridge: Bridge
-    source: MqttSource
+    # The bridge and its MQTT session; None in the front (role "front").
+    bridge: Bridge | None
+    source: MqttSource | None
     directory: DeviceDirectory
+    # The device and sequence checks (the bridge's own when there is one).
+    validator: Validator
     live_lane: LiveLane
     pool: AsyncConnectionPool[Any]
     storage_mode: StorageMode | None = None
@@ -88,6 +91,8 @@ class Runtime:
     def add_consumer(self, consume: Callable[[Reading], None]) -> None:
         """Receive every new valid reading, in arrival order, on the event loop. Keep it
         cheap (hand heavy work to a queue and a task of your own): it runs on the hot path."""
+        if self.bridge is None:
+            raise RuntimeError("the front sees no readings: its ingest worker runs the consumers")
         self.bridge.consumers.append(consume)
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
@@ -169,7 +174,7 @@ def _spawn(
     return task
 
 
-async def maintenance_loop(rt: Runtime, store: Store, *, interval_s: float = 60.0) -> None:
+async def maintenance_loop(rt: Runtime, store: Store | None, *, interval_s: float = 60.0) -> None:
     """Migrate (until the database is reachable), then keep partitions and rollups current."""
     s = rt.settings
     delay_s = 1.0
@@ -192,9 +197,10 @@ async def maintenance_loop(rt: Runtime, store: Store, *, interval_s: float = 60.
                     await layout.maintain(conn)
                 if not rt.schema_ready.is_set():
                     rt.schema_ready.set()
-                    store.ready = True
+                    if store is not None:
+                        store.ready = True
                     await rt.directory.load(conn)
-                if not rt.bridge.spool_mode:
+                if rt.bridge is not None and not rt.bridge.spool_mode:
                     rt.bridge.db_ok = True
                     rt.metrics.db_up.set(1)
                 delay_s = 1.0
@@ -222,51 +228,54 @@ async def run_ingest(
         metrics = metrics or IngestMetrics()
         directory = DeviceDirectory(snapshot_path=settings.spool_dir / "devices.json")
         live_lane = DiscardLane() if role == "worker" else LiveLane()
-        store = Store(conninfo=conninfo, connect_timeout_s=settings.db_connect_timeout_s)
-        store.ready = False
-        stack.push_async_callback(store.close)
-        # The front never feeds its bridge, and must never open the worker's spool.
-        spool_name = "front-idle.spool" if role == "front" else "ingest.spool"
-        spool = Spool(settings.spool_dir / spool_name)
-        stack.callback(spool.close)
-        bridge = Bridge(
-            store=store,
-            spool=spool,
-            validator=Validator(directory),
-            live_lane=live_lane,
-            metrics=metrics,
-            topic_root=settings.topic_root,
-            limits=Limits(
-                max_payload_bytes=settings.max_payload_bytes,
-                max_future_skew_s=settings.max_future_skew_s,
-                max_age_s=settings.max_age_s,
-            ),
-            batch_max_rows=settings.batch_max_rows,
-            batch_max_delay_s=settings.batch_max_delay_ms / 1000,
-            max_pending=settings.max_pending_messages,
-            dead_letters_per_min=settings.dead_letters_per_device_per_min,
-            write_timeout_s=settings.db_write_timeout_s,
-            consumers=consumers,
-            on_durable=on_durable,
-        )
-        source = MqttSource(
-            host=host,
-            port=port,
-            client_id=settings.mqtt_client_id,
-            topic_root=settings.topic_root,
-            on_messages=bridge.submit,
-            metrics=metrics,
-            username=settings.mqtt_username,
-            password=(
-                settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
-            ),
-            session_expiry_s=settings.mqtt_session_expiry_s,
-            receive_maximum=settings.mqtt_receive_maximum,
-            drop_alarm_per_min=settings.broker_drop_alarm_per_min,
-            version=version,
-            watch_broker_drops=not broker_embedded,
-        )
-        bridge.bind(source)
+        validator = Validator(directory)
+        store: Store | None = None
+        bridge: Bridge | None = None
+        source: MqttSource | None = None
+        if role != "front":
+            store = Store(conninfo=conninfo, connect_timeout_s=settings.db_connect_timeout_s)
+            store.ready = False
+            stack.push_async_callback(store.close)
+            spool = Spool(settings.spool_dir / "ingest.spool")
+            stack.callback(spool.close)
+            bridge = Bridge(
+                store=store,
+                spool=spool,
+                validator=validator,
+                live_lane=live_lane,
+                metrics=metrics,
+                topic_root=settings.topic_root,
+                limits=Limits(
+                    max_payload_bytes=settings.max_payload_bytes,
+                    max_future_skew_s=settings.max_future_skew_s,
+                    max_age_s=settings.max_age_s,
+                ),
+                batch_max_rows=settings.batch_max_rows,
+                batch_max_delay_s=settings.batch_max_delay_ms / 1000,
+                max_pending=settings.max_pending_messages,
+                dead_letters_per_min=settings.dead_letters_per_device_per_min,
+                write_timeout_s=settings.db_write_timeout_s,
+                consumers=consumers,
+                on_durable=on_durable,
+            )
+            source = MqttSource(
+                host=host,
+                port=port,
+                client_id=settings.mqtt_client_id,
+                topic_root=settings.topic_root,
+                on_messages=bridge.submit,
+                metrics=metrics,
+                username=settings.mqtt_username,
+                password=(
+                    settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
+                ),
+                session_expiry_s=settings.mqtt_session_expiry_s,
+                receive_maximum=settings.mqtt_receive_maximum,
+                drop_alarm_per_min=settings.broker_drop_alarm_per_min,
+                version=version,
+                watch_broker_drops=not broker_embedded,
+            )
+            bridge.bind(source)
         # Connections for the API and feature services (the bridge's writer has its own).
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             conninfo,
@@ -287,6 +296,7 @@ async def run_ingest(
             bridge=bridge,
             source=source,
             directory=directory,
+            validator=validator,
             live_lane=live_lane,
             pool=pool,
             role=role,
@@ -306,7 +316,7 @@ async def run_ingest(
         if not rt.schema_ready.is_set():
             log.error("database not reachable at start-up: spooling until it is")
         _spawn(tasks, rt, directory.watch_loop(conninfo), "devices.directory.watch_loop")
-        if role != "front":
+        if bridge is not None:
             _spawn(tasks, rt, bridge.flush_loop(), "ingest.pipeline.flush_loop")
             _spawn(tasks, rt, bridge.recovery_loop(), "ingest.pipeline.recovery_loop")
         feature_stack = contextlib.AsyncExitStack()
@@ -314,18 +324,18 @@ async def run_ingest(
             # Features (alerts, registry, ...) register their consumers before messages flow.
             for run in features:
                 await feature_stack.enter_async_context(run(rt))
-            if role != "front":
+            if source is not None:
                 _spawn(tasks, rt, source.run_loop(), "ingest.source.run_loop")
             yield rt
         finally:
             # Stop taking messages, make what we hold durable (and ack it), then close.
-            source.pause()
-            if role != "front":
+            if source is not None and bridge is not None:
+                source.pause()
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(settings.db_write_timeout_s + 1):
                         await bridge.flush_now()
             await feature_stack.aclose()
             await stop_tasks(tasks)
-            if role != "front":
+            if source is not None:
                 with contextlib.suppress(Exception):
                     await source.close()

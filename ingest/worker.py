@@ -46,7 +46,7 @@ from ingest.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Families the worker owns outright: the front's idle bridge would only report zeros.
+# Families the worker owns outright: the front has no bridge, its ingest figures stay at zero.
 WORKER_OWNED_PREFIXES = ("carecall_ingest_", "carecall_broker_")
 PARENT_ENV = "CARECALL_WORKER_PARENT_PID"
 

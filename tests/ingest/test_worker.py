@@ -229,7 +229,7 @@ def test_worker_leaves_when_its_server_is_killed(
 def test_merged_registry_sums_shared_families_and_takes_worker_owned_ones() -> None:
     front = MergedRegistry()
     Counter("carecall_alert_incidents_opened", "x", ["kind"], registry=front).labels("sos").inc(2)
-    Gauge("carecall_ingest_db_up", "x", registry=front).set(1)  # the front's idle bridge
+    Gauge("carecall_ingest_db_up", "x", registry=front).set(1)  # the front has no bridge
     Gauge("carecall_alert_ws_sessions", "x", registry=front).set(3)
     worker_text = (
         "# HELP carecall_alert_incidents_opened_total x\n"
