@@ -21,6 +21,7 @@ still see the whole server.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -119,7 +120,8 @@ class WorkerLink:
     registry: MergedRegistry
     pid: int | None = None
     starts: int = 0
-    exits: list[int] = field(default_factory=list)
+    # The last exit codes (bounded: a worker failing for weeks must not grow a list).
+    exits: collections.deque[int] = field(default_factory=lambda: collections.deque(maxlen=20))
     status: dict[str, Any] | None = None
     status_ts: float = 0.0
     ready: bool = False
@@ -132,7 +134,7 @@ class WorkerLink:
             "port": self.port,
             "starts": self.starts,
             "restarts": max(0, self.starts - 1),
-            "last_exit_codes": self.exits[-5:],
+            "last_exit_codes": list(self.exits)[-5:],
             "reachable": fresh,
             "ready": self.ready and fresh,
             "status": self.status,
