@@ -593,13 +593,13 @@ class AlertEngine:
         self,
         *,
         on_failure: Callable[[BaseException], None] | None = None,
-        only: Collection[str] | None = None,
+        without: Collection[str] = (),
         reconcile: bool = True,
     ) -> AsyncIterator[AlertEngine]:
         """Load the registry cache, start every loop and the channels; stop them on exit.
 
-        ``only``: run just the loops with these short names (``rules_loop``, ``live_loop``,
-        ...), for a process that does one part of the work (docs/ingest.md, "Two processes").
+        ``without``: loops not to run, by short name (``rules_loop``, ``escalation_loop``, ...),
+        for a process that does one part of the work (docs/ingest.md, "Two processes").
         """
         with contextlib.suppress(*_DB_DOWN):
             async with asyncio.timeout(self.config.db_timeout_s), self.pool.connection() as conn:
@@ -610,7 +610,7 @@ class AlertEngine:
             tasks = [
                 asyncio.create_task(fn(), name=name)
                 for name, fn in self.loops()
-                if only is None or name.rsplit(".", 1)[-1] in only
+                if name.rsplit(".", 1)[-1] not in without
             ]
 
             def _done(t: asyncio.Task[None]) -> None:

@@ -93,23 +93,11 @@ async def _run_alerts(rt: Runtime) -> AsyncIterator[None]:
     # reading stream and writes what they detect; the front shows urgent readings from the
     # urgent lane, pushes incident events to consoles, stamps deliveries and escalates. Both
     # write incidents through the same database upsert, so either may see a press first.
-    front_loops = {
-        "live_loop",
-        "write_loop",
-        "delivered_loop",
-        "listen_loop",
-        "cache_loop",
-        "escalation_loop",
-    }
-    worker_loops = {
-        "rules_loop",
-        "tick_loop",
-        "presence_loop",
-        "write_loop",
-        "listen_loop",
-        "cache_loop",
-    }
-    only = {"front": front_loops, "worker": worker_loops}.get(rt.role)
+    # (The live and presence loops follow from the lane and tracker each role passes.)
+    without = {
+        "front": ("rules_loop", "tick_loop"),
+        "worker": ("delivered_loop", "escalation_loop"),
+    }.get(rt.role, ())
     async with alert_engine(
         pool=rt.pool,
         conninfo=rt.conninfo,
@@ -132,7 +120,7 @@ async def _run_alerts(rt: Runtime) -> AsyncIterator[None]:
         if rt.role == "front" or (rt.role == "all" and s.alerts_urgent_lane):
             rt.spawn(_urgent_lane(rt), "alerts.urgent.urgent_loop")
         async with engine.running(
-            on_failure=lambda _exc: rt.failed.set(), only=only, reconcile=rt.role != "worker"
+            on_failure=lambda _exc: rt.failed.set(), without=without, reconcile=rt.role != "worker"
         ):
             yield
 
