@@ -167,7 +167,6 @@ async def serve(
         spool_dir=tmp / "spool",
         secret_key=SECRET,
         ingest_worker=not args.one_process,
-        worker_http_port=free_port(),
     )  # type: ignore[arg-type]
     assert ALERTS.run is not None
     async with run_server(settings, features=[ALERTS.run]) as rt:

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import psycopg
 
@@ -25,7 +26,7 @@ def _setup_logging(level: str, *, tag: str = "") -> None:
     )
 
 
-async def _serve(settings: Settings, *, role: str = "server") -> int:
+async def _serve(settings: Settings, *, role: str = "server", socket: str | None = None) -> int:
     import uvicorn  # noqa: PLC0415 - keeps `carecall news2` and friends light
 
     from ingest.features import FEATURES, WORKER_FEATURES  # noqa: PLC0415
@@ -50,10 +51,13 @@ async def _serve(settings: Settings, *, role: str = "server") -> int:
         shown = FEATURES
     async with server_cm as rt:
         app = create_app(rt, shown)
+        # The worker answers its server only, on the Unix socket the server chose for it.
+        where: dict[str, Any] = (
+            {"uds": socket} if socket else {"host": settings.http_host, "port": settings.http_port}
+        )
         config = uvicorn.Config(
             app,
-            host=settings.http_host,
-            port=settings.http_port,
+            **where,
             log_config=None,
             lifespan="off",
             access_log=role != "worker",  # the worker's HTTP is polled by the front each second
@@ -62,10 +66,9 @@ async def _serve(settings: Settings, *, role: str = "server") -> int:
         http = asyncio.create_task(server.serve(), name="ingest.http.serve")
         failed = asyncio.create_task(rt.failed.wait(), name="ingest.service.failed")
         log.info(
-            "CareCall %s is up: http://%s:%d (metrics /metrics, readiness /readyz); broker %s:%d",
+            "CareCall %s is up: %s (metrics /metrics, readiness /readyz); broker %s:%d",
             "ingest worker" if role == "worker" else "server",
-            settings.http_host,
-            settings.http_port,
+            socket or f"http://{settings.http_host}:{settings.http_port}",
             rt.mqtt_host,
             rt.mqtt_port,
         )
@@ -174,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="server",
         help="worker: the ingest worker a server starts itself (settings as JSON on stdin)",
     )
+    serve.add_argument("--socket", help=argparse.SUPPRESS)  # the worker's HTTP, set by its server
     sub.add_parser("migrate", help="apply database migrations and storage policies")
     for name, (help_text, _) in TOOLS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -192,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "serve":
         try:
-            return asyncio.run(_serve(settings, role=args.role))
+            return asyncio.run(_serve(settings, role=args.role, socket=args.socket))
         except KeyboardInterrupt:
             return 0
     return asyncio.run(_migrate(settings))

@@ -46,10 +46,9 @@ class Settings(BaseSettings):
     # The ingest worker (docs/ingest.md, "Two processes"): the bridge and the rule engine run
     # in a child process so that the HTTP side, the urgent lane and the dispatcher consoles
     # keep their own core when telemetry saturates the bridge. The worker serves /metrics and
-    # /readyz on 127.0.0.1:worker_http_port (0: http_port + 1); the server merges them.
+    # /readyz on a private Unix socket of the server's; the server merges them into its own.
     # Not used with the embedded broker (the demo's fallback), which lives in the server.
     ingest_worker: bool = True
-    worker_http_port: int = Field(default=0, ge=0, le=65535)
     # The worker's CPU niceness (added to the server's): under overload the scheduler then
     # favours the front (consoles, urgent lane) and the broker over bulk telemetry.
     worker_nice: int = Field(default=5, ge=0, le=19)

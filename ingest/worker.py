@@ -26,12 +26,15 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -52,13 +55,9 @@ WORKER_OWNED_PREFIXES = ("carecall_ingest_", "carecall_broker_")
 PARENT_ENV = "CARECALL_WORKER_PARENT_PID"
 
 
-def worker_port(settings: Settings) -> int:
-    return settings.worker_http_port or settings.http_port + 1
-
-
 def settings_for_worker(settings: Settings, *, conninfo: str, host: str, port: int) -> str:
     """The worker's settings as JSON (sent on its stdin, never written to disk): the front's
-    own, with the database and broker it resolved, and its own private HTTP port."""
+    own, with the database and broker it resolved."""
     data: dict[str, Any] = {}
     for name in type(settings).model_fields:
         value = getattr(settings, name)
@@ -69,8 +68,6 @@ def settings_for_worker(settings: Settings, *, conninfo: str, host: str, port: i
         "database_url": conninfo,
         "mqtt_host": host,
         "mqtt_port": port,
-        "http_host": "127.0.0.1",
-        "http_port": worker_port(settings),
         "ingest_worker": False,
     }
     return json.dumps(data, default=str)
@@ -116,7 +113,7 @@ def _summed(a: Metric, b: Metric) -> Metric:
 class WorkerLink:
     """The front's view of its worker: the process, its last readiness and its metrics."""
 
-    port: int
+    socket: Path  # the worker's HTTP (/metrics, /readyz), in a directory only the server owns
     registry: MergedRegistry
     pid: int | None = None
     starts: int = 0
@@ -131,7 +128,7 @@ class WorkerLink:
         fresh = time.time() - self.status_ts < self.stale_after_s
         return {
             "pid": self.pid,
-            "port": self.port,
+            "socket": str(self.socket),
             "starts": self.starts,
             "restarts": max(0, self.starts - 1),
             "last_exit_codes": list(self.exits)[-5:],
@@ -143,15 +140,19 @@ class WorkerLink:
 
 async def _poll(link: WorkerLink, *, interval_s: float = 1.0) -> None:
     """Read the worker's /readyz and /metrics every ``interval_s``."""
-    base = f"http://127.0.0.1:{link.port}"
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one request a second is not news
-    async with httpx.AsyncClient(timeout=2.0) as client:
+    client = httpx.AsyncClient(
+        transport=httpx.AsyncHTTPTransport(uds=str(link.socket)),
+        base_url="http://worker",
+        timeout=2.0,
+    )
+    async with client:
         while True:
             try:
-                r = await client.get(f"{base}/readyz")
+                r = await client.get("/readyz")
                 link.status = r.json()
                 link.ready = r.status_code == 200
-                m = await client.get(f"{base}/metrics")
+                m = await client.get("/metrics")
                 link.registry.remote = list(text_string_to_metric_families(m.text))
                 link.status_ts = time.time()
             except (httpx.HTTPError, ValueError, KeyError, TypeError):
@@ -159,8 +160,17 @@ async def _poll(link: WorkerLink, *, interval_s: float = 1.0) -> None:
             await asyncio.sleep(interval_s)
 
 
-def _worker_command() -> list[str]:
-    return [sys.executable, "-m", "ingest.cli", "serve", "--role", "worker"]
+def _worker_command(socket: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "ingest.cli",
+        "serve",
+        "--role",
+        "worker",
+        "--socket",
+        str(socket),
+    ]
 
 
 async def _supervise(
@@ -178,7 +188,10 @@ async def _supervise(
         # worker in order (flush, acknowledge) after its own HTTP side.
         try:
             proc = await asyncio.create_subprocess_exec(
-                *_worker_command(), stdin=asyncio.subprocess.PIPE, env=env, start_new_session=True
+                *_worker_command(link.socket),
+                stdin=asyncio.subprocess.PIPE,
+                env=env,
+                start_new_session=True,
             )
         except OSError as exc:  # out of processes or memory: keep trying, loudly
             log.error("ingest worker cannot be started (%s); retrying in %.1f s", exc, backoff_s)
@@ -194,7 +207,7 @@ async def _supervise(
         with contextlib.suppress(ConnectionError):
             await proc.stdin.drain()
         proc.stdin.close()
-        log.info("ingest worker started (pid %d, port %d)", proc.pid, link.port)
+        log.info("ingest worker started (pid %d)", proc.pid)
         rc = await proc.wait()
         link.exits.append(rc)
         link.ready = False
@@ -246,7 +259,10 @@ async def run_server(
     async with run_ingest(
         settings, features=features, role="front", metrics=IngestMetrics(registry)
     ) as rt:
-        link = WorkerLink(port=worker_port(settings), registry=registry)
+        # A private directory for the worker's socket: no port to collide with, and nobody
+        # else on the machine can talk to it.
+        sockets = Path(tempfile.mkdtemp(prefix="carecall-"))
+        link = WorkerLink(socket=sockets / "worker.sock", registry=registry)
         rt.worker = link
         # Exported by the front itself (not carecall_ingest_*: those come from the worker).
         Gauge(
@@ -281,6 +297,7 @@ async def run_server(
                 await poller
             for proc in procs:
                 await _stop(link, proc, settings.db_write_timeout_s + 10)
+            shutil.rmtree(sockets, ignore_errors=True)
 
 
 async def watch_parent(parent_pid: int, *, interval_s: float = 0.5) -> None:

@@ -20,7 +20,6 @@ from ingest.features import ALERTS, registry_feature
 from tests.alerts.server import server_settings
 from tests.alerts.world import World, build_world
 from tests.fixtures.server import serving
-from tests.fixtures.services import free_port
 
 
 async def open_console(port: int, w: World, who: str) -> ClientConnection:
@@ -56,7 +55,6 @@ async def test_console_socket_of_a_retired_or_moved_dispatcher_is_closed(
         uid,
         spool_dir,
         ingest_worker=two_processes,
-        worker_http_port=free_port(),
     )
     async with serving(settings, [registry_feature(), ALERTS]) as (rt, port):
         assert rt.role == ("front" if two_processes else "all")

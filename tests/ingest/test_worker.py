@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 from prometheus_client import Counter, Gauge
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
@@ -86,7 +86,6 @@ async def test_front_and_worker(
         port=broker.port,
         secret_key=SECRET,
         ingest_worker=True,
-        worker_http_port=free_port(),
         alerts_tick_interval_s=1.0,
         presence_check_interval_s=0.5,  # the front mirrors presence every 1.5 s
     )
@@ -192,7 +191,6 @@ def test_worker_leaves_when_its_server_is_killed(
             "CARECALL_MQTT_CLIENT_ID": f"ingest-{uid}",
             "CARECALL_SPOOL_DIR": str(tmp_path / "spool"),
             "CARECALL_HTTP_PORT": str(http_port),
-            "CARECALL_WORKER_HTTP_PORT": str(free_port()),
             "CARECALL_INGEST_WORKER": "true",
         }
     )
@@ -265,37 +263,32 @@ def test_merged_registry_sums_shared_families_and_takes_worker_owned_ones() -> N
 
 
 async def test_a_worker_that_cannot_start_is_retried_and_reported(
-    migrated_db: str, uid: str, spool_dir: Path, broker: Mosquitto
+    migrated_db: str, uid: str, spool_dir: Path, broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Its port taken: the worker exits at start, the front keeps retrying with backoff and
-    says so in /readyz (503, restarts and exit codes) instead of pretending to be ready."""
-    blocker = socket.socket()
-    blocker.bind(("127.0.0.1", 0))
-    blocker.listen()
-    settings = bridge_settings(
-        migrated_db,
-        uid,
-        spool_dir,
-        port=broker.port,
-        secret_key=SECRET,
-        ingest_worker=True,
-        worker_http_port=blocker.getsockname()[1],
+    """A worker that dies at start (here: a command that exits 3 at once): the front keeps
+    retrying with backoff and says so in /readyz (503, restarts and exit codes) instead of
+    pretending to be ready."""
+    monkeypatch.setattr(
+        "ingest.worker._worker_command",
+        lambda _socket: [sys.executable, "-c", "raise SystemExit(3)"],
     )
-    try:
-        async with run_server(settings, wait_ready_s=2.0) as rt:
-            link = rt.worker
-            assert link is not None
-            await eventually(lambda: link.starts >= 3, timeout_s=20)
-            assert not link.ready
-            app = create_app(rt, [])
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-                r = await http.get("/readyz")
-            assert r.status_code == 503
-            body = r.json()
-            assert body["status"] == "degraded"
-            assert body["ingest_worker"]["restarts"] >= 2
-            assert body["ingest_worker"]["last_exit_codes"]
-            assert not rt.failed.is_set()  # the front itself is healthy and keeps trying
-    finally:
-        blocker.close()
+    settings = bridge_settings(
+        migrated_db, uid, spool_dir, port=broker.port, secret_key=SECRET, ingest_worker=True
+    )
+    async with run_server(settings, wait_ready_s=2.0) as rt:
+        link = rt.worker
+        assert link is not None
+        await eventually(lambda: link.starts >= 3, timeout_s=20)
+        assert not link.ready
+        app = create_app(rt, [])
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            r = await http.get("/readyz")
+        assert r.status_code == 503
+        body = r.json()
+        assert body["status"] == "degraded"
+        assert body["ingest_worker"]["restarts"] >= 2
+        assert 3 in body["ingest_worker"]["last_exit_codes"]
+        assert not rt.failed.is_set()  # the front itself is healthy and keeps trying
+    # The worker's socket directory is gone with the server.
+    assert not link.socket.parent.exists()
