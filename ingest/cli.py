@@ -76,9 +76,16 @@ async def _serve(settings: Settings, *, role: str = "server", socket: str | None
         server.should_exit = True
         await http
         failed.cancel()
+        orphaned = any(w.done() for w in watchers)
         for w in watchers:
             w.cancel()
-        return 1 if rt.failed.is_set() else 0
+    if socket:
+        # The server removes the socket's directory; if it is gone (killed), nobody else will.
+        with contextlib.suppress(OSError):
+            os.unlink(socket)
+            if orphaned:
+                os.rmdir(os.path.dirname(socket))
+    return 1 if rt.failed.is_set() else 0
 
 
 async def _migrate(settings: Settings) -> int:
